@@ -1,0 +1,161 @@
+"""Neon's F* direction: a low-rank soft-thresholding of the singular values.
+
+Two exact minimisers of ``⟨G, Δ⟩ + λ/2·‖Δ‖²`` (``G = UΣVᵀ``, verified in float64 in
+``../reference.md`` §1 and in the tests):
+
+* ``variant="seed"`` — the Neon seed's eq. 3, ``D = U·diag([σᵢ − τ]₊)·Vᵀ`` with τ solving
+  ``Σᵢ [σᵢ − τ]₊ = τ``. It is exact for the *squared-mean* norm ``‖Δ‖² = (‖Δ‖_*² + ‖Δ‖_F²)/2``,
+  whose minimiser is ``−(2/λ)·D``: the seed drops a constant 2 into the learning rate.
+* ``variant="mean_of_norms"`` — the exact minimiser for the norm the seed *names*,
+  ``‖Δ‖ = (‖Δ‖_* + ‖Δ‖_F)/2``: ``D = k·U[Σ − c]₊Vᵀ`` with c solving ``c = ‖[σ − c]₊‖₂`` (an L2
+  water-fill) and ``k = 4c/(Σ[σ − c]₊ + c)``; the minimiser is ``−D/λ``. It differs from the seed's
+  form in direction, not only scale (σ = (5, 4, 3, 2, 1): τ = 3 with rank 2, c = 2.683 with rank 3).
+
+Both thresholds are at least σ₁/2, so only singular values above σ₁/2 are active: the update is
+low-rank, and the top ``r + 1`` singular values fix τ exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_matrix, check_positive_int, compute_dtype
+from .lowrank import Triplets, top_singular
+from .nuclear import SIGMA_MODES
+
+__all__ = [
+    "fstar_direction",
+    "fstar_threshold",
+    "mean_of_norms_threshold",
+    "soft_threshold_update",
+    "FSTAR_VARIANTS",
+    "FSTAR_METHODS",
+]
+
+FSTAR_VARIANTS = ("seed", "mean_of_norms")
+FSTAR_METHODS = ("svd", "lowrank")
+
+
+def fstar_threshold(S: Tensor, *, with_rank: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """The seed's τ: the root of ``Σᵢ [σᵢ − τ]₊ = τ``, exactly, batched over leading dims.
+
+    With σ sorted descending and ``c_k = σ₁ + … + σ_k``, ``τ = c_r/(r + 1)`` for the unique ``r``
+    with ``σ_r > c_r/(r + 1) ≥ σ_{r+1}``; the condition ``σ_k > c_k/(k+1)`` holds exactly for
+    ``k ≤ r``, so ``r`` is a count. ``S`` may be in any order; ``τ = 0`` when all σ are 0.
+
+    Returns:
+        τ of shape ``S.shape[:-1]``, and with ``with_rank`` also ``r`` (int64), the update's rank.
+    """
+    S = _sorted_values(S)
+    k = torch.arange(1, S.shape[-1] + 1, device=S.device, dtype=S.dtype)
+    candidates = torch.cumsum(S, dim=-1) / (k + 1)
+    rank = (S > candidates).sum(dim=-1)
+    tau = torch.gather(candidates, -1, (rank - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    tau = torch.where(rank > 0, tau, torch.zeros_like(tau))
+    return (tau, rank) if with_rank else tau
+
+
+def mean_of_norms_threshold(S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """c solving ``c = ‖[σ − c]₊‖₂``, the scale ``k = 4c/(Σ[σ − c]₊ + c)`` and the rank.
+
+    ``h(c) = ‖[σ − c]₊‖₂ − c`` decreases strictly from ``‖σ‖₂`` at 0 to ``−σ₁/2`` at σ₁, so its root
+    is unique. Bisection (in float64, fixed iterations, no host sync) finds the active set of size
+    ``r``; then ``c`` is the closed-form root of ``(r − 1)c² − 2s₁c + s₂ = 0`` (``s₁ = Σ_{i≤r} σᵢ``,
+    ``s₂ = Σ_{i≤r} σᵢ²``; ``c = σ₁/2`` for ``r = 1``).
+    """
+    S = _sorted_values(S).to(torch.float64)
+    lo = torch.zeros_like(S[..., 0])
+    hi = S[..., 0].clone()
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        positive = torch.linalg.vector_norm((S - mid[..., None]).clamp(min=0), dim=-1) > mid
+        lo = torch.where(positive, mid, lo)
+        hi = torch.where(positive, hi, mid)
+    rank = (S > hi[..., None]).sum(dim=-1).clamp(min=1)
+    active = torch.arange(S.shape[-1], device=S.device) < rank[..., None]
+    s1 = (S * active).sum(-1)
+    s2 = (S.square() * active).sum(-1)
+    r = rank.to(torch.float64)
+    many = (s1 - torch.sqrt((s1.square() - (r - 1) * s2).clamp(min=0))) / (r - 1).clamp(min=1)
+    c = torch.where(rank > 1, many, S[..., 0] / 2)
+    total = (S - c[..., None]).clamp(min=0).sum(-1)
+    scale = torch.where(c > 0, 4 * c / (total + c).clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(c))
+    rank = torch.where(S[..., 0] > 0, rank, torch.zeros_like(rank))
+    return c, scale, rank
+
+
+def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str = "keep") -> tuple[Tensor, Tensor]:
+    """``D`` from (the top part of) an SVD, and the rank of ``D``.
+
+    ``sigma="drop"`` divides ``D`` by its largest singular value (the analogue of the Neon
+    authors' ``u₁v₁ᵀ``), so that ``‖D‖₂ = 1``.
+    """
+    U, S, V = triplets
+    if variant == "seed":
+        tau, rank = fstar_threshold(S, with_rank=True)
+        d = (S - tau[..., None].to(S.dtype)).clamp(min=0)
+    else:
+        c, scale, rank = mean_of_norms_threshold(S)
+        d = ((S - c[..., None].to(S.dtype)).clamp(min=0) * scale[..., None].to(S.dtype))
+    if sigma == "drop":
+        top = d[..., :1]
+        d = torch.where(top > 0, d / top.clamp(min=torch.finfo(d.dtype).tiny), torch.zeros_like(d))
+    return (U * d.unsqueeze(-2)) @ V.mT, rank
+
+
+def fstar_direction(
+    G: Tensor,
+    *,
+    variant: str = "seed",
+    sigma: str = "keep",
+    method: str = "svd",
+    rank: int | None = None,
+    init: Tensor | None = None,
+    iters: int | None = None,
+    tol: float | None = 1e-5,
+    check_finite: bool = True,
+) -> Tensor:
+    """Neon's F* update ``D`` (the optimizer steps ``W ← W − lr·D``); see the module docstring.
+
+    Args:
+        G: ``(..., m, n)``.
+        variant: ``"seed"`` (default, ``U[Σ−τ]₊Vᵀ``) or ``"mean_of_norms"``.
+        sigma: ``"keep"`` (the formula) or ``"drop"`` (normalise ``D`` to spectral norm 1).
+        method: ``"svd"`` (dense, exact) or ``"lowrank"``: top-``rank + 1`` triplets by block power
+            iteration (:func:`~steepest.directions.top_singular`, warm-startable from ``init``),
+            doubling the block until the threshold is exact (the computed values reach below it;
+            one host sync per doubling).
+        rank: first guess of the update's rank for ``"lowrank"`` (default 8).
+        tol: residual tolerance of the ``"lowrank"`` iteration (see ``top_singular``); ``None`` runs
+            a fixed ``iters`` with no host sync.
+
+    Returns:
+        A tensor of ``G``'s shape and dtype, of low rank; zero for ``G = 0``.
+    """
+    check_matrix(G, "G", check_finite=check_finite)
+    check_choice(variant, "variant", FSTAR_VARIANTS)
+    check_choice(sigma, "sigma", SIGMA_MODES)
+    check_choice(method, "method", FSTAR_METHODS)
+    if method == "svd":
+        U, S, Vh = torch.linalg.svd(G.to(compute_dtype(G.dtype)), full_matrices=False)
+        D, _ = soft_threshold_update(Triplets(U, S, Vh.mT), variant, sigma)
+        return D.to(G.dtype)
+    limit = min(G.shape[-2:])
+    k = 8 if rank is None else rank
+    check_positive_int(k, "rank")
+    k = min(k + 1, limit)
+    while True:
+        triplets = top_singular(G, k, init=init, iters=iters, tol=tol, check_finite=False)
+        D, r = soft_threshold_update(triplets, variant, sigma)
+        if k == limit or bool((r < k).all()):
+            return D.to(G.dtype)
+        k, init = min(2 * k, limit), triplets.V
+
+
+def _sorted_values(S: Tensor) -> Tensor:
+    if not isinstance(S, Tensor) or S.ndim < 1 or not S.is_floating_point():
+        raise ValueError(f"S must be a floating tensor of singular values (..., k), got {S!r:.80}")
+    if S.numel() and bool((S < 0).any()):
+        raise ValueError("S must hold singular values (>= 0); got negative entries")
+    return torch.sort(S, dim=-1, descending=True).values

@@ -1,0 +1,61 @@
+"""Neon's nuclear-norm direction: a rank-1 update.
+
+Steepest descent under the nuclear norm, ``argmin_Δ ⟨G, Δ⟩ + λ/2·‖Δ‖_*²``, is
+``Δ = −(1/λ)·σ₁u₁v₁ᵀ``: the dual of the nuclear norm is the spectral norm ``‖G‖₂ = σ₁``, and its
+duality map is ``u₁v₁ᵀ``. The Neon seed's eq. 2 writes ``−1/(2λ)·u₁σ₁v₁ᵀ``, a convention factor
+of 2 that the learning rate absorbs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_matrix, compute_dtype
+from .lowrank import top_singular
+
+__all__ = ["nuclear_direction", "SIGMA_MODES", "NUCLEAR_METHODS"]
+
+SIGMA_MODES = ("keep", "drop")
+NUCLEAR_METHODS = ("svd", "power")
+
+
+def nuclear_direction(
+    G: Tensor,
+    *,
+    sigma: str = "keep",
+    method: str = "svd",
+    init: Tensor | None = None,
+    iters: int | None = None,
+    tol: float | None = 1e-5,
+    check_finite: bool = True,
+) -> Tensor:
+    """``D = σ₁ u₁ v₁ᵀ`` (``sigma="keep"``, the seed's formula and the exact minimiser at λ = 1) or
+    ``u₁ v₁ᵀ`` (``sigma="drop"``, the Neon authors' code). The optimizer steps ``W ← W − lr·D``.
+
+    Args:
+        G: ``(..., m, n)``.
+        sigma: ``"keep"`` or ``"drop"``.
+        method: ``"svd"`` (exact, dense) or ``"power"`` (block power iteration, warm-startable
+            from ``init``, the previous ``v₁``; what the Neon optimizer runs each step).
+        init, iters, tol: passed to :func:`~steepest.directions.top_singular` for
+            ``method="power"`` (``tol=None``: fixed ``iters``, no host sync).
+
+    Returns:
+        A rank-1 tensor of ``G``'s shape and dtype; zero for ``G = 0``.
+    """
+    check_matrix(G, "G", check_finite=check_finite)
+    check_choice(sigma, "sigma", SIGMA_MODES)
+    check_choice(method, "method", NUCLEAR_METHODS)
+    if method == "svd":
+        U, S, Vh = torch.linalg.svd(G.to(compute_dtype(G.dtype)), full_matrices=False)
+        u, s, v = U[..., :1], S[..., :1], Vh[..., :1, :].mT
+    else:
+        u, s, v = top_singular(G, 1, init=init, iters=iters, tol=tol, check_finite=False)
+    return rank_one(u, s, v, sigma).to(G.dtype)
+
+
+def rank_one(u: Tensor, s: Tensor, v: Tensor, sigma: str) -> Tensor:
+    """``σ₁u₁v₁ᵀ`` or ``u₁v₁ᵀ`` from the top triplet; ``u₁v₁ᵀ`` is zeroed where ``σ₁ = 0``."""
+    weight = s if sigma == "keep" else (s > 0).to(s.dtype)
+    return (u[..., :1] * weight[..., None, :1]) @ v[..., :1].mT
