@@ -1,7 +1,34 @@
 """steepest: matrix-aware optimizers as steepest descent under per-layer norms.
 
 Each optimizer's update direction is a pure function in :mod:`steepest.directions`;
-:mod:`steepest.optim` turns them into ``torch.optim.Optimizer`` classes.
+:mod:`steepest.optim` turns them into ``torch.optim.Optimizer`` classes, and
+:func:`build_optimizer` splits a model between a matrix optimizer and AdamW.
 """
 
+from .optim import (
+    CombinedOptimizer,
+    Muon,
+    Neon,
+    NewtonMuon,
+    NonFiniteGradientError,
+    Shampoo,
+    SignDescent,
+    build_optimizer,
+    optimizer_names,
+    split_parameters,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Muon",
+    "Neon",
+    "NewtonMuon",
+    "Shampoo",
+    "SignDescent",
+    "CombinedOptimizer",
+    "NonFiniteGradientError",
+    "build_optimizer",
+    "optimizer_names",
+    "split_parameters",
+]

@@ -1,0 +1,25 @@
+"""Optimizers: each :mod:`steepest.directions` function as a ``torch.optim.Optimizer``."""
+
+from .base import MatrixOptimizer, NonFiniteGradientError
+from .build import OPTIMIZERS, build_optimizer, optimizer_names, split_parameters
+from .combined import CombinedOptimizer
+from .muon import Muon
+from .neon import Neon
+from .newton_muon import NewtonMuon
+from .shampoo import Shampoo
+from .sign import SignDescent
+
+__all__ = [
+    "Muon",
+    "Neon",
+    "NewtonMuon",
+    "Shampoo",
+    "SignDescent",
+    "CombinedOptimizer",
+    "MatrixOptimizer",
+    "NonFiniteGradientError",
+    "build_optimizer",
+    "optimizer_names",
+    "split_parameters",
+    "OPTIMIZERS",
+]

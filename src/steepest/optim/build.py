@@ -25,6 +25,7 @@ class OptimizerSpec:
     factory: Callable[..., torch.optim.Optimizer] = field(repr=False)
     matrix: bool = True  # False: every parameter goes to this optimizer (no AdamW split)
     available: Callable[[], bool] = field(default=lambda: True, repr=False)
+    needs_model: bool = False  # the factory takes model=... (Newton-Muon installs input hooks)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -105,19 +106,30 @@ def build_optimizer(
     spec = OPTIMIZERS[name]
     lr = spec.default_lr if lr is None else lr
     if not spec.matrix:
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         return spec.factory(params, lr=lr, **options)
     from .combined import CombinedOptimizer
 
     matrix, other = split_parameters(model, head)
     optimizers = []
     if matrix:
-        optimizers.append(spec.factory([p for _, p in matrix], lr=lr, **options))
+        if spec.needs_model:
+            options = {"model": model, **options}
+        optimizers.append(spec.factory(_named(matrix), lr=lr, **options))
     if other:
         optimizers.append(
-            _adamw([p for _, p in other], lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
+            _adamw(_named(other), lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
         )
     return CombinedOptimizer(optimizers)
+
+
+def _named(pairs: list[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters, so that errors name them (torch.optim accepts (name, param) pairs)."""
+    return list(pairs)
+
+
+def _tensors(params) -> list[torch.Tensor]:
+    return [p[1] if isinstance(p, tuple) else p for p in params]
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
@@ -127,7 +139,7 @@ def _fused_supported(params: list[torch.Tensor]) -> bool:
 def _adamw(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.01, eps: float = 1e-8, **kw) -> torch.optim.AdamW:
     """``torch.optim.AdamW``, fused where the parameters' device and dtype allow it."""
     params = list(params)
-    fused = _fused_supported(params)
+    fused = _fused_supported(_tensors(params))
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, fused=fused, **kw)
 
 
@@ -135,5 +147,60 @@ def _sgd(params, lr: float, momentum: float = 0.9, nesterov: bool = True, weight
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, **kw)
 
 
+def _steepest(cls_name: str, **fixed):
+    def factory(params, **kw):
+        from . import muon, neon, newton_muon, shampoo, sign
+
+        classes = {"Muon": muon.Muon, "Neon": neon.Neon, "NewtonMuon": newton_muon.NewtonMuon, "Shampoo": shampoo.Shampoo, "SignDescent": sign.SignDescent}
+        return classes[cls_name](params, **{**fixed, **kw})
+
+    return factory
+
+
+def _torch_muon(params, lr: float, weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer:
+    params = list(params)
+    bad = [n for n, p in params if p.ndim != 2]
+    if bad:
+        raise ValueError(
+            f"torch.optim.Muon only supports 2-D parameters, and {bad[0]!r} is not (conv weights?); "
+            "use 'muon', which views conv weights as matrices"
+        )
+    return torch.optim.Muon([p for _, p in params], lr=lr, weight_decay=weight_decay, adjust_lr_fn="original", **kw)
+
+
+def _installed(module: str) -> Callable[[], bool]:
+    def check() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(module) is not None
+
+    return check
+
+
+def _heavyball(cls_name: str):
+    def factory(params, lr: float, **kw):
+        import heavyball
+
+        return getattr(heavyball, cls_name)([p for _, p in params], lr=lr, **kw)
+
+    return factory
+
+
+def _pto_shampoo(params, lr: float, **kw):
+    import pytorch_optimizer
+
+    return pytorch_optimizer.Shampoo([p for _, p in params], lr=lr, **kw)
+
+
+_register(OptimizerSpec("muon", "Muon: spectral-norm steepest descent, msgn of Nesterov momentum by Polar Express (batched)", 0.02, _steepest("Muon")))
+_register(OptimizerSpec("neon-nuclear", "Neon, nuclear norm: rank-1 update sigma1*u1*v1^T by warm-started power iteration", 0.05, _steepest("Neon", mode="nuclear")))
+_register(OptimizerSpec("neon-fstar", "Neon, F* norm: low-rank soft-thresholded update U[S-tau]+V^T, adaptive rank", 0.05, _steepest("Neon", mode="fstar")))
+_register(OptimizerSpec("newton-muon", "Newton-Muon: msgn(G (ZZ^T)^-1) with input second moments from forward hooks", 0.02, _steepest("NewtonMuon"), needs_model=True))
+_register(OptimizerSpec("shampoo", "Shampoo: L^-1/4 G R^-1/4 with accumulated statistics, grafted to Adam's norm", 1e-3, _steepest("Shampoo")))
+_register(OptimizerSpec("sign", "Sign descent with momentum: l1->linf steepest descent (Adam without EMA)", 1e-3, _steepest("SignDescent")))
 _register(OptimizerSpec("sgd", "SGD with Nesterov momentum on every parameter (Euclidean steepest descent)", 0.05, _sgd, matrix=False))
 _register(OptimizerSpec("adamw", "torch.optim.AdamW(fused=True) on every parameter", 1e-3, _adamw, matrix=False))
+_register(OptimizerSpec("torch-muon", "peer: torch.optim.Muon (Newton-Schulz in bf16, one matrix at a time) on hidden 2-D weights", 0.02, _torch_muon, available=lambda: hasattr(torch.optim, "Muon")))
+_register(OptimizerSpec("heavyball-muon", "peer: heavyball.Muon (optional extra 'peers')", 0.02, _heavyball("Muon"), available=_installed("heavyball")))
+_register(OptimizerSpec("heavyball-soap", "peer: heavyball.SOAP, Shampoo-preconditioned Adam (optional extra 'peers')", 3e-3, _heavyball("SOAP"), available=_installed("heavyball")))
+_register(OptimizerSpec("pytorch-optimizer-shampoo", "peer: pytorch_optimizer.Shampoo (optional extra 'peers')", 1e-3, _pto_shampoo, available=_installed("pytorch_optimizer")))

@@ -1,0 +1,75 @@
+"""One optimizer object over several: a matrix optimizer and AdamW, with one ``state_dict`` and one
+LR scheduler."""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["CombinedOptimizer"]
+
+
+class CombinedOptimizer(Optimizer):
+    """Steps each child optimizer in turn; ``param_groups`` are the children's own group dicts, so
+    an LR scheduler on this object drives every child (each group keeps its own base lr).
+
+    ``state_dict()`` is ``{"optimizers": [child.state_dict(), ...]}`` and resumes exactly.
+    """
+
+    def __init__(self, optimizers: Sequence[Optimizer]) -> None:
+        optimizers = list(optimizers)
+        if not optimizers:
+            raise ValueError("CombinedOptimizer needs at least one optimizer")
+        for o in optimizers:
+            if not isinstance(o, Optimizer):
+                raise TypeError(f"CombinedOptimizer takes torch.optim.Optimizer instances, got {type(o).__name__}")
+        seen: set[int] = set()
+        for o in optimizers:
+            for g in o.param_groups:
+                for p in g["params"]:
+                    if id(p) in seen:
+                        raise ValueError("a parameter appears in two of CombinedOptimizer's optimizers; give each parameter to one")
+                    seen.add(id(p))
+        self.optimizers = optimizers
+        self._adopting = True
+        super().__init__([g for o in optimizers for g in o.param_groups], {})
+        self._adopting = False
+        self.state = ChainMap(*[o.state for o in optimizers])
+
+    def add_param_group(self, param_group: dict) -> None:
+        if not getattr(self, "_adopting", False):
+            raise TypeError("add a param group to one of CombinedOptimizer.optimizers instead")
+        # the children validated their groups (named or not, each their own way): adopt the same dicts
+        self.param_groups.append(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        children = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+        if children is None or len(children) != len(self.optimizers):
+            found = "no 'optimizers' entry" if children is None else f"{len(children)} optimizers"
+            raise ValueError(f"state_dict does not match this CombinedOptimizer: it has {found}, this has {len(self.optimizers)}")
+        for o, sd in zip(self.optimizers, children):
+            o.load_state_dict(sd)
+
+    def __repr__(self) -> str:
+        inner = ",\n".join("  " + repr(o).replace("\n", "\n  ") for o in self.optimizers)
+        return f"CombinedOptimizer(\n{inner}\n)"

@@ -1,0 +1,76 @@
+"""Muon: momentum, orthogonalised (Jordan et al. 2024; the Muon and modular seeds)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..directions.msgn import MSGN_METHODS, default_iteration_dtype, msgn
+from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
+from .base import Bucket, MatrixOptimizer
+
+__all__ = ["Muon"]
+
+
+class Muon(MatrixOptimizer):
+    r"""Muon: steepest descent under the spectral (RMS→RMS) norm, on Nesterov momentum.
+
+    .. math::
+        B_t = \mu B_{t-1} + (1-\mu) G_t,\quad M_t = (1-\mu) G_t + \mu B_t \ \text{(Nesterov)},\\
+        W_t = (1 - \eta\lambda) W_{t-1} - \eta\, s(m, n)\, \mathrm{msgn}(M_t)
+
+    ``msgn`` is :func:`steepest.directions.msgn` (Polar Express by default); ``s`` is
+    :func:`steepest.directions.spectral_scale`. With ``msgn_method="newton_schulz"``,
+    ``msgn_dtype=torch.bfloat16`` and ``scale="original"`` the update is ``torch.optim.Muon``'s, bit
+    for bit. Unlike it, conv weights are accepted (viewed as ``(out, in·kh·kw)``, the scale taken on
+    that shape) and same-shape matrices are orthogonalised in one batched call.
+
+    Args:
+        params: hidden-layer weights (≥ 2-D); give embeddings, the head and 1-D parameters to AdamW
+            (:func:`steepest.build_optimizer` does the split).
+        lr: learning rate η (default 0.02, KellerJordan/Muon's).
+        momentum: μ (default 0.95). nesterov: use ``M_t`` above (default True).
+        weight_decay: decoupled λ, ``W *= 1 − lr·λ`` with the unscaled lr (default 0).
+        msgn_method: ``"polar_express"`` (default), ``"newton_schulz"`` or ``"svd"``.
+        ns_steps: polynomial steps (default 5).
+        scale: ``"original"`` (default, ``√max(1, m/n)``), ``"rms_to_rms"`` (``√(m/n)``, the seed's)
+            or ``"match_adamw"`` (``0.2·√max(m, n)``).
+        msgn_dtype: matmul precision; default bf16 on CUDA, float32 on CPU.
+        nonfinite: ``"raise"`` (default; one host read per step), ``"skip"`` (no host read: the step
+            is masked out on the device) or ``"ignore"``.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        msgn_method: str = "polar_express",
+        ns_steps: int = 5,
+        scale: str = "original",
+        msgn_dtype: torch.dtype | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, msgn_method=msgn_method,
+            ns_steps=ns_steps, scale=scale, msgn_dtype=msgn_dtype, nonfinite=nonfinite,
+        )
+        super().__init__(params, defaults)
+
+    def validate_group(self, group: dict) -> None:
+        super().validate_group(group)
+        if group["msgn_method"] not in MSGN_METHODS:
+            raise ValueError(f"unknown msgn_method {group['msgn_method']!r}; accepted values: {', '.join(map(repr, MSGN_METHODS))}")
+        if group["scale"] not in SPECTRAL_SCALES:
+            raise ValueError(f"unknown scale {group['scale']!r}; accepted values: {', '.join(map(repr, SPECTRAL_SCALES))}")
+        if isinstance(group["ns_steps"], bool) or not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
+            raise ValueError(f"ns_steps must be an integer >= 1, got {group['ns_steps']!r}")
+
+    def lr_scale(self, group: dict, shape: tuple[int, int]) -> float:
+        return spectral_scale(shape, group["scale"])
+
+    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+        dtype = group["msgn_dtype"] or default_iteration_dtype(bucket.params[0].device)
+        return msgn(bucket.stack(), method=group["msgn_method"], steps=group["ns_steps"], dtype=dtype, check_finite=False)

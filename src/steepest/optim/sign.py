@@ -1,0 +1,30 @@
+"""Sign descent with momentum: steepest descent under the ℓ1→ℓ∞ norm (the modular seed)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Bucket, MatrixOptimizer
+
+__all__ = ["SignDescent"]
+
+
+class SignDescent(MatrixOptimizer):
+    r"""``W ← (1 − ηλ)W − η·sign(M)``, ``M`` the (Nesterov) EMA momentum as in :class:`Muon`.
+
+    Per matrix this is steepest descent under the max-entry (ℓ1→ℓ∞) norm, whose exact minimiser
+    ``−‖G‖₁·sign(G)/λ`` it keeps without the dual norm (Adam with β1 = β2 = 0 and momentum; cf.
+    signSGD, Lion). Accepts parameters of any shape.
+
+    Args: as :class:`Muon`'s ``lr`` (default 1e-3), ``momentum`` (0.9), ``nesterov``,
+    ``weight_decay``, ``nonfinite``.
+    """
+
+    min_ndim = 1
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0, nonfinite: str = "raise") -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, nonfinite=nonfinite))
+
+    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+        return torch.sign(bucket.stack())
