@@ -37,7 +37,7 @@ FSTAR_VARIANTS = ("seed", "mean_of_norms")
 FSTAR_METHODS = ("svd", "lowrank")
 
 
-def fstar_threshold(S: Tensor, *, with_rank: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def fstar_threshold(S: Tensor, *, with_rank: bool = False, check: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """The seed's τ: the root of ``Σᵢ [σᵢ − τ]₊ = τ``, exactly, batched over leading dims.
 
     With σ sorted descending and ``c_k = σ₁ + … + σ_k``, ``τ = c_r/(r + 1)`` for the unique ``r``
@@ -46,8 +46,9 @@ def fstar_threshold(S: Tensor, *, with_rank: bool = False) -> Tensor | tuple[Ten
 
     Returns:
         τ of shape ``S.shape[:-1]``, and with ``with_rank`` also ``r`` (int64), the update's rank.
+        ``check=False`` skips the test for negative values (a host read).
     """
-    S = _sorted_values(S)
+    S = _sorted_values(S, check)
     k = torch.arange(1, S.shape[-1] + 1, device=S.device, dtype=S.dtype)
     candidates = torch.cumsum(S, dim=-1) / (k + 1)
     rank = (S > candidates).sum(dim=-1)
@@ -56,7 +57,7 @@ def fstar_threshold(S: Tensor, *, with_rank: bool = False) -> Tensor | tuple[Ten
     return (tau, rank) if with_rank else tau
 
 
-def mean_of_norms_threshold(S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def mean_of_norms_threshold(S: Tensor, *, check: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """c solving ``c = ‖[σ − c]₊‖₂``, the scale ``k = 4c/(Σ[σ − c]₊ + c)`` and the rank.
 
     ``h(c) = ‖[σ − c]₊‖₂ − c`` decreases strictly from ``‖σ‖₂`` at 0 to ``−σ₁/2`` at σ₁, so its root
@@ -64,7 +65,7 @@ def mean_of_norms_threshold(S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``r``; then ``c`` is the closed-form root of ``(r − 1)c² − 2s₁c + s₂ = 0`` (``s₁ = Σ_{i≤r} σᵢ``,
     ``s₂ = Σ_{i≤r} σᵢ²``; ``c = σ₁/2`` for ``r = 1``).
     """
-    S = _sorted_values(S).to(torch.float64)
+    S = _sorted_values(S, check).to(torch.float64)
     lo = torch.zeros_like(S[..., 0])
     hi = S[..., 0].clone()
     for _ in range(64):
@@ -93,10 +94,10 @@ def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str 
     """
     U, S, V = triplets
     if variant == "seed":
-        tau, rank = fstar_threshold(S, with_rank=True)
+        tau, rank = fstar_threshold(S, with_rank=True, check=False)
         d = (S - tau[..., None].to(S.dtype)).clamp(min=0)
     else:
-        c, scale, rank = mean_of_norms_threshold(S)
+        c, scale, rank = mean_of_norms_threshold(S, check=False)
         d = ((S - c[..., None].to(S.dtype)).clamp(min=0) * scale[..., None].to(S.dtype))
     if sigma == "drop":
         top = d[..., :1]
@@ -153,9 +154,9 @@ def fstar_direction(
         k, init = min(2 * k, limit), triplets.V
 
 
-def _sorted_values(S: Tensor) -> Tensor:
+def _sorted_values(S: Tensor, check: bool = True) -> Tensor:
     if not isinstance(S, Tensor) or S.ndim < 1 or not S.is_floating_point():
         raise ValueError(f"S must be a floating tensor of singular values (..., k), got {S!r:.80}")
-    if S.numel() and bool((S < 0).any()):
+    if check and S.numel() and bool((S < 0).any()):
         raise ValueError("S must hold singular values (>= 0); got negative entries")
     return torch.sort(S, dim=-1, descending=True).values
