@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["MatrixOptimizer", "Bucket", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter"]
+__all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter"]
 
 NONFINITE_MODES = ("raise", "skip", "ignore")
 
@@ -53,6 +53,13 @@ class Bucket:
         """Write a ``(k, ...)`` stack back into the matrices' states, one slice each."""
         for s, v in zip(self.states, values.unbind(0)):
             s[key] = v
+
+
+class LocalExecutor:
+    """Computes every bucket's direction in this process (the single-process path)."""
+
+    def directions(self, optimizer: "MatrixOptimizer", group: dict, buckets: list[Bucket]) -> list[Tensor]:
+        return [optimizer.direction(group, bucket) for bucket in buckets]
 
 
 def _is_number(x: object) -> bool:
@@ -186,12 +193,24 @@ class MatrixOptimizer(Optimizer):
             grads = [g.masked_fill(skip, 0) for g in grads]
         grads = self.transform_gradients(group, params, grads, states)
         momenta = self._momentum(group, grads, states, skip)
-        for bucket in self._buckets(params, grads, momenta, states, names):
-            D = self.direction(group, bucket)
+        buckets = self._buckets(params, grads, momenta, states, names)
+        for bucket, D in zip(buckets, self.executor.directions(self, group, buckets)):
             if skip is not None:
                 D = D.masked_fill(skip, 0)
             self._apply(group, bucket, D, skip)
         torch._foreach_add_([s["step"] for s in states], 1.0)
+
+    @property
+    def executor(self) -> "LocalExecutor":
+        """Where the bucket directions are computed: here, or split across ranks."""
+        executor = getattr(self, "_executor", None)
+        if executor is None:
+            executor = self._executor = LocalExecutor()
+        return executor
+
+    @executor.setter
+    def executor(self, value: "LocalExecutor") -> None:
+        self._executor = value
 
     def _momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
         mu = group["momentum"]
