@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, check_positive_int
+from .kernels import symmetric_product, use_symmetric_kernel
 
 __all__ = [
     "msgn",
@@ -125,11 +126,18 @@ def _msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> 
 
 
 def _quintic_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
-    """``aX + (bA + cA²)X`` with ``A = XXᵀ``: 3 matmuls, for 2-D or 3-D ``X``."""
+    """``aX + (bA + cA²)X`` with ``A = XXᵀ``: 3 matmuls, for 2-D or 3-D ``X``.
+
+    On CUDA the two symmetric products ``A`` and ``bA + cA·Aᵀ`` compute only their upper
+    triangles (:mod:`steepest.directions.kernels`, when Triton is installed)."""
     if X.ndim == 2:
         A = X @ X.mT
         B = torch.addmm(A, A, A, beta=b, alpha=c)
         return torch.addmm(X, B, X, beta=a)
-    A = X @ X.mT
-    B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+    if use_symmetric_kernel(X):
+        A = symmetric_product(X, use_triton=True)
+        B = symmetric_product(A, alpha=c, beta=b, C=A, use_triton=True)
+    else:
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
     return torch.baddbmm(X, B, X, beta=a)
