@@ -32,6 +32,7 @@ __all__ = [
     "POLAR_EXPRESS_COEFFICIENTS",
     "default_iteration_dtype",
     "polynomial_coefficients",
+    "msgn_polynomial",
 ]
 
 MSGN_METHODS = ("polar_express", "newton_schulz", "svd")
@@ -91,7 +92,7 @@ def msgn(
         return _msgn_svd(G)
     check_positive_int(steps, "steps")
     dtype = default_iteration_dtype(G.device) if dtype is None else dtype
-    return _msgn_polynomial(G, method, steps, dtype)
+    return msgn_polynomial(G, method, steps, dtype)
 
 
 def _msgn_svd(G: Tensor) -> Tensor:
@@ -102,7 +103,8 @@ def _msgn_svd(G: Tensor) -> Tensor:
     return ((U * keep.unsqueeze(-2)) @ Vh).to(G.dtype)
 
 
-def _msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
+def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
+    """The iterative methods of :func:`msgn` without input checks (what optimizers call)."""
     transpose = G.shape[-2] > G.shape[-1]
     X = G.to(dtype)
     if transpose:

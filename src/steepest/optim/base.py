@@ -107,6 +107,8 @@ class MatrixOptimizer(Optimizer):
         check_hyperparameter("lr", group["lr"])
         check_hyperparameter("momentum", group["momentum"], high=1.0, high_open=True)
         check_hyperparameter("weight_decay", group["weight_decay"])
+        if not isinstance(group.get("compile", False), bool):
+            raise ValueError(f"compile must be True or False, got {group['compile']!r}")
         if group["nonfinite"] not in NONFINITE_MODES:
             raise ValueError(f"unknown nonfinite {group['nonfinite']!r}; accepted values: {', '.join(map(repr, NONFINITE_MODES))}")
 
@@ -130,6 +132,16 @@ class MatrixOptimizer(Optimizer):
     def transform_gradients(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]) -> list[Tensor]:
         """Gradients before momentum (Newton-Muon preconditions here)."""
         return grads
+
+    def math(self, group: dict, fn: Callable) -> Callable:
+        """``fn``, a pure function of tensors, compiled with ``torch.compile(fullgraph=True)`` when
+        the group was built with ``compile=True`` (one compiled version per function, reused)."""
+        if not group.get("compile", False):
+            return fn
+        cache = self.__dict__.setdefault("_compiled", {})
+        if fn not in cache:
+            cache[fn] = torch.compile(fn, fullgraph=True)
+        return cache[fn]
 
     def matrix_shape(self, p: Tensor) -> tuple[int, int]:
         return (p.shape[0], p[0].numel()) if p.ndim >= 2 else (1, p.numel())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..directions.msgn import MSGN_METHODS, default_iteration_dtype, msgn
+from ..directions.msgn import MSGN_METHODS, default_iteration_dtype, msgn, msgn_polynomial
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
 from .base import Bucket, MatrixOptimizer
 
@@ -38,6 +38,7 @@ class Muon(MatrixOptimizer):
         msgn_dtype: matmul precision; default bf16 on CUDA, float32 on CPU.
         nonfinite: ``"raise"`` (default; one host read per step), ``"skip"`` (no host read: the step
             is masked out on the device) or ``"ignore"``.
+        compile: ``torch.compile(fullgraph=True)`` each bucket's direction (default False).
     """
 
     def __init__(
@@ -52,10 +53,11 @@ class Muon(MatrixOptimizer):
         scale: str = "original",
         msgn_dtype: torch.dtype | None = None,
         nonfinite: str = "raise",
+        compile: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, msgn_method=msgn_method,
-            ns_steps=ns_steps, scale=scale, msgn_dtype=msgn_dtype, nonfinite=nonfinite,
+            ns_steps=ns_steps, scale=scale, msgn_dtype=msgn_dtype, nonfinite=nonfinite, compile=compile,
         )
         super().__init__(params, defaults)
 
@@ -72,5 +74,8 @@ class Muon(MatrixOptimizer):
         return spectral_scale(shape, group["scale"])
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
-        dtype = group["msgn_dtype"] or default_iteration_dtype(bucket.params[0].device)
-        return msgn(bucket.stack(), method=group["msgn_method"], steps=group["ns_steps"], dtype=dtype, check_finite=False)
+        M = bucket.stack()
+        if group["msgn_method"] == "svd":
+            return msgn(M, method="svd", check_finite=False)
+        dtype = group["msgn_dtype"] or default_iteration_dtype(M.device)
+        return self.math(group, msgn_polynomial)(M, group["msgn_method"], group["ns_steps"], dtype)

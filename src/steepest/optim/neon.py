@@ -6,13 +6,37 @@ import torch
 from torch import Tensor
 
 from ..directions.fstar import FSTAR_VARIANTS, soft_threshold_update
-from ..directions.lowrank import Triplets, top_singular
+from ..directions.lowrank import Triplets, random_block, top_singular
 from ..directions.nuclear import SIGMA_MODES, rank_one
 from .base import Bucket, MatrixOptimizer, check_hyperparameter
 
 __all__ = ["Neon"]
 
 NEON_MODES = ("nuclear", "fstar")
+
+
+def _precision(M: Tensor) -> torch.dtype:
+    return torch.float64 if M.dtype == torch.float64 else torch.float32
+
+
+def nuclear_step(M: Tensor, basis: Tensor, iters: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, None]:
+    """``(D, V, None)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)`` basis."""
+    triplets = top_singular(M, basis.shape[-1], init=basis, iters=iters, oversample=0, check_finite=False)
+    return rank_one(*triplets, sigma), triplets.V, None
+
+
+def fstar_step(M: Tensor, basis: Tensor, iters: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(D, V, r)``: the F* update from the top ``l`` triplets of a warm block power iteration."""
+    triplets = top_singular(M, basis.shape[-1], init=basis, iters=iters, oversample=0, check_finite=False)
+    D, rank = soft_threshold_update(triplets, variant, sigma)
+    return D, triplets.V, rank
+
+
+def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(D, V[:, :width], r)`` from a full SVD, for ranks too large for the block iteration."""
+    U, S, Vh = torch.linalg.svd(M.to(_precision(M)), full_matrices=False)
+    D, rank = soft_threshold_update(Triplets(U, S, Vh.mT), variant, sigma)
+    return D, Vh.mT[..., :width], rank
 
 
 class Neon(MatrixOptimizer):
@@ -45,6 +69,7 @@ class Neon(MatrixOptimizer):
         iters: warm power iterations per step (default 1); cold_iters: on the first step (4).
         oversample: extra block columns (default 2).
         initial_rank: F*'s first guess of r (default 4). dense_fraction: see above (0.25).
+        compile: ``torch.compile(fullgraph=True)`` the low-rank iteration and update (default False).
 
     Host reads: F* reads the bucket's largest rank of the previous step to size the block (on
     CUDA a non-blocking copy made at the end of that step, so it does not stall the device).
@@ -66,11 +91,12 @@ class Neon(MatrixOptimizer):
         initial_rank: int = 4,
         dense_fraction: float = 0.25,
         nonfinite: str = "raise",
+        compile: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, mode=mode, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, sigma=sigma, variant=variant,
             iters=iters, cold_iters=cold_iters, oversample=oversample, initial_rank=initial_rank,
-            dense_fraction=dense_fraction, nonfinite=nonfinite,
+            dense_fraction=dense_fraction, nonfinite=nonfinite, compile=compile,
         )
         self._pending_rank: dict[tuple, tuple[Tensor, object]] = {}
         super().__init__(params, defaults)
@@ -94,25 +120,19 @@ class Neon(MatrixOptimizer):
             width = min(1 + group["oversample"], m, n)
         else:
             width = min(self._previous_rank(group, bucket) + 1 + group["oversample"], m, n)
-        if width > group["dense_fraction"] * min(m, n) and group["mode"] == "fstar":
-            triplets = self._dense(M)
+        dense = group["mode"] == "fstar" and width > group["dense_fraction"] * min(m, n)
+        if dense:
+            D, V, rank = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"])
         else:
-            init = bucket.stack_state("basis") if warm else None
+            init = bucket.stack_state("basis") if warm else random_block(M.shape[:-2], n, width, dtype=_precision(M), device=M.device)
             iters = group["iters"] if warm else group["cold_iters"]
-            triplets = top_singular(M, width, init=init, iters=iters, oversample=0, check_finite=False)
-        bucket.store_state("basis", triplets.V[..., :width])
-        if group["mode"] == "nuclear":
-            return rank_one(*triplets, group["sigma"]).to(M.dtype)
-        D, rank = soft_threshold_update(triplets, group["variant"], group["sigma"])
-        bucket.store_state("rank", rank)
-        self._remember_rank(bucket, rank)
+            step = nuclear_step if group["mode"] == "nuclear" else fstar_step
+            D, V, rank = self.math(group, step)(M, init, iters, group["variant"], group["sigma"])
+        bucket.store_state("basis", V)
+        if rank is not None:
+            bucket.store_state("rank", rank)
+            self._remember_rank(bucket, rank)
         return D.to(M.dtype)
-
-    @staticmethod
-    def _dense(M: Tensor) -> Triplets:
-        dtype = torch.float64 if M.dtype == torch.float64 else torch.float32
-        U, S, Vh = torch.linalg.svd(M.to(dtype), full_matrices=False)
-        return Triplets(U, S, Vh.mT)
 
     def _key(self, bucket: Bucket) -> tuple:
         return tuple(id(p) for p in bucket.params)

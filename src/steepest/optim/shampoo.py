@@ -36,6 +36,7 @@ class Shampoo(MatrixOptimizer):
         beta2: statistics decay (default 1.0). eps: ridge ε (default 1e-12).
         update_every: steps between root refreshes (default 10).
         grafting: ``"adam"`` or ``"none"``. graft_beta2 (0.999), graft_eps (1e-8): Adam's.
+        compile: ``torch.compile(fullgraph=True)`` the per-step preconditioning (default False).
     """
 
     def __init__(
@@ -52,10 +53,12 @@ class Shampoo(MatrixOptimizer):
         graft_beta2: float = 0.999,
         graft_eps: float = 1e-8,
         nonfinite: str = "raise",
+        compile: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, beta2=beta2, eps=eps,
             update_every=update_every, grafting=grafting, graft_beta2=graft_beta2, graft_eps=graft_eps, nonfinite=nonfinite,
+            compile=compile,
         )
         super().__init__(params, defaults)
 
@@ -82,6 +85,7 @@ class Shampoo(MatrixOptimizer):
                 s["R"] = torch.zeros(n, n, dtype=dtype, device=G.device)
                 if group["grafting"] == "adam":
                     s["graft_v"] = torch.zeros(m, n, dtype=dtype, device=G.device)
+                    s["graft_t"] = torch.zeros((), dtype=dtype, device=G.device)  # on the device: no copy per step
         beta2 = group["beta2"]
         new = 1.0 if beta2 == 1.0 else 1.0 - beta2
         L = bucket.stack_state("L") * beta2 + new * (Gc @ Gc.mT)
@@ -92,17 +96,34 @@ class Shampoo(MatrixOptimizer):
             bucket.store_state("L_root", _inverse_fourth_root(L, group["eps"]))
             bucket.store_state("R_root", _inverse_fourth_root(R, group["eps"]))
         M = bucket.stack().to(dtype)
-        D = bucket.stack_state("L_root") @ M @ bucket.stack_state("R_root")
         if group["grafting"] == "adam":
-            b2 = group["graft_beta2"]
-            v = bucket.stack_state("graft_v").mul_(b2).addcmul_(Gc, Gc, value=1 - b2)
+            t = bucket.stack_state("graft_t") + 1
+            bucket.store_state("graft_t", t)
+            D, v = self.math(group, grafted_step)(
+                bucket.stack_state("L_root"), M, bucket.stack_state("R_root"), Gc, bucket.stack_state("graft_v"), t,
+                group["graft_beta2"], group["graft_eps"],
+            )
             bucket.store_state("graft_v", v)
-            t = bucket.states[0]["step"].to(dtype) + 1
-            adam = M / ((v / (1 - b2**t)).sqrt() + group["graft_eps"])
-            norm_d = torch.linalg.vector_norm(D, dim=(-2, -1), keepdim=True)
-            norm_a = torch.linalg.vector_norm(adam, dim=(-2, -1), keepdim=True)
-            D = D * torch.where(norm_d > 0, norm_a / norm_d.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(norm_d))
+        else:
+            D = self.math(group, preconditioned)(bucket.stack_state("L_root"), M, bucket.stack_state("R_root"))
         return D.to(G.dtype)
+
+
+def preconditioned(L_root: Tensor, M: Tensor, R_root: Tensor) -> Tensor:
+    """``L^{-1/4} M R^{-1/4}`` for a batch."""
+    return L_root @ M @ R_root
+
+
+def grafted_step(L_root: Tensor, M: Tensor, R_root: Tensor, G: Tensor, v: Tensor, t: Tensor, beta2: float, eps: float) -> tuple[Tensor, Tensor]:
+    """Shampoo's direction rescaled to the Frobenius norm of Adam's ``M/(√(v̂) + ε)``, and the new
+    second moment ``v ← β₂v + (1−β₂)G²``."""
+    D = L_root @ M @ R_root
+    v = v * beta2 + (1 - beta2) * G * G
+    adam = M / ((v / (1 - beta2 ** t[:, None, None])).sqrt() + eps)
+    norm_d = torch.linalg.vector_norm(D, dim=(-2, -1), keepdim=True)
+    norm_a = torch.linalg.vector_norm(adam, dim=(-2, -1), keepdim=True)
+    scale = torch.where(norm_d > 0, norm_a / norm_d.clamp(min=torch.finfo(D.dtype).tiny), torch.zeros_like(norm_d))
+    return D * scale, v
 
 
 def _inverse_fourth_root(A: Tensor, eps: float) -> Tensor:

@@ -18,13 +18,13 @@ class SignDescent(MatrixOptimizer):
     signSGD, Lion). Accepts parameters of any shape.
 
     Args: as :class:`Muon`'s ``lr`` (default 1e-3), ``momentum`` (0.9), ``nesterov``,
-    ``weight_decay``, ``nonfinite``.
+    ``weight_decay``, ``nonfinite``, ``compile``.
     """
 
     min_ndim = 1
 
-    def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0, nonfinite: str = "raise") -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, nonfinite=nonfinite))
+    def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0, nonfinite: str = "raise", compile: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, nonfinite=nonfinite, compile=compile))
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
-        return torch.sign(bucket.stack())
+        return self.math(group, torch.sign)(bucket.stack())
