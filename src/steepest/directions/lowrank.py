@@ -138,7 +138,12 @@ def _power_iterations(A: Tensor, Q: Tensor, iters: int) -> Tensor:
 
 
 def _rayleigh_ritz(A: Tensor, Q: Tensor) -> Triplets:
-    """Best rank-l triplets of ``A`` within the range of ``A Q``."""
+    """Best rank-l triplets of ``A`` within the range of ``A Q``.
+
+    With ``P = orth(AQ)`` and ``AᵀP = Q₂R`` (QR), ``PᵀA = Rᵀ Q₂ᵀ``, so the SVD ``Rᵀ = Ũ Σ W̃ᵀ`` of an
+    ``l × l`` matrix gives ``U = PŨ`` and ``V = Q₂W̃``. (LAPACK's SVD of the wide ``l × n`` matrix
+    ``PᵀA`` itself is erratically slow on CPUs for small ``l``.)"""
     P = _orth(A @ Q)
-    Ub, S, Vh = torch.linalg.svd(P.mT @ A, full_matrices=False)
-    return Triplets(P @ Ub, S, Vh.mT)
+    Q2, R = torch.linalg.qr(A.mT @ P, mode="reduced")
+    Ub, S, Wh = torch.linalg.svd(R.mT)
+    return Triplets(P @ Ub, S, Q2 @ Wh.mT)

@@ -1,0 +1,87 @@
+"""Shared pieces of the speed scripts: matrix sets, timing, the measured hardware floor."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+MATRIX_SETS: dict[str, list[tuple[int, int]]] = {
+    # hidden matrices of GPT-2 small: per layer q, k, v, o (768²), MLP up 768→3072 (3072×768), down (768×3072)
+    "gpt2-small": 12 * ([(768, 768)] * 4 + [(3072, 768), (768, 3072)]),
+    # one LLaMA-7B layer: q, k, v, o (4096²), up/gate-like 11008×4096 and down 4096×11008
+    "llama7b-layer": [(4096, 4096)] * 4 + [(11008, 4096), (4096, 11008)],
+    # GPT-2 small's structure at width 128 (72 matrices): what 2 CPU cores can time for every row
+    "gpt2-width128": 12 * ([(128, 128)] * 4 + [(512, 128), (128, 512)]),
+    # one GPT-2 small layer (6 matrices)
+    "gpt2-small-1layer": [(768, 768)] * 4 + [(3072, 768), (768, 3072)],
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, budget_s: float, warmup: int = 2) -> tuple[float, int]:
+    """Median milliseconds of ``fn`` over ``repeats`` synchronised calls after ``warmup`` calls;
+    fewer repeats (≥ 1) when the budget allows no more. Returns ``(median_ms, repeats_done)``."""
+    last = 0.0
+    for _ in range(warmup):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        last = time.perf_counter() - t0
+    n = max(1, min(repeats, int(budget_s / max(last, 1e-9))))
+    times = []
+    for _ in range(n):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times), n
+
+
+def measure_peaks(device: torch.device) -> dict[str, float]:
+    """The floor's two rates, measured in this run: matmul FLOP/s (an 8192³ bf16 product on CUDA; a
+    4096³ float32 product on CPU, the precision our CPU path computes in) and copy bandwidth."""
+    if device.type == "cuda":
+        size, dtype, copy_bytes = 8192, torch.bfloat16, 1 << 30
+    else:
+        size, dtype, copy_bytes = 4096, torch.float32, 1 << 28
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    ms, _ = time_fn(lambda: a @ b, device, repeats=5, budget_s=20, warmup=1)
+    flops = 2 * size**3 / (ms / 1e3)
+    src = torch.empty(copy_bytes // 4, device=device, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    ms, _ = time_fn(lambda: dst.copy_(src), device, repeats=5, budget_s=10, warmup=1)
+    bandwidth = 2 * copy_bytes / (ms / 1e3)
+    return {"flops": flops, "bandwidth": bandwidth, "matmul": f"{size}³ {str(dtype).replace('torch.', '')}"}
+
+
+def header(device: torch.device, peaks: dict[str, float], title: str) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return (
+        f"## {title}\n\n"
+        f"device: {name}; torch {torch.__version__}; {datetime.date.today().isoformat()}\n"
+        f"floor rates measured in this run: matmul {peaks['flops'] / 1e12:.3f} TFLOP/s ({peaks['matmul']}), "
+        f"copy {peaks['bandwidth'] / 1e9:.1f} GB/s\n"
+    )
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
