@@ -68,3 +68,17 @@ def test_neon_state_holds_warm_start(mode):
     assert all("basis" in s for s in state.values())
     if mode == "fstar":
         assert all(s["rank"].dtype == torch.int64 for s in state.values())
+
+
+def test_scheduler_reaches_children_after_load(lm_model):
+    opt = steepest.build_optimizer(lm_model, "muon", lr=0.02, adamw_lr=1e-3)
+    x, y = lm_batch(0)
+    nn.functional.cross_entropy(lm_model(x).reshape(-1, 17), y.reshape(-1)).backward()
+    opt.step()
+    state = opt.state_dict()
+    fresh = steepest.build_optimizer(lm_model, "muon", lr=0.02, adamw_lr=1e-3)
+    fresh.load_state_dict(state)
+    sched = torch.optim.lr_scheduler.LambdaLR(fresh, lambda step: 0.5)
+    assert [g["lr"] for o in fresh.optimizers for g in o.param_groups] == [0.01, 0.0005]
+    assert all(a is b for a, b in zip(fresh.param_groups, [g for o in fresh.optimizers for g in o.param_groups]))
+    del sched

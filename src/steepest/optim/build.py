@@ -26,6 +26,7 @@ class OptimizerSpec:
     matrix: bool = True  # False: every parameter goes to this optimizer (no AdamW split)
     available: Callable[[], bool] = field(default=lambda: True, repr=False)
     needs_model: bool = False  # the factory takes model=... (Newton-Muon installs input hooks)
+    peer: bool = False  # another project's optimizer, registered for side-by-side comparison
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -200,7 +201,7 @@ _register(OptimizerSpec("shampoo", "Shampoo: L^-1/4 G R^-1/4 with accumulated st
 _register(OptimizerSpec("sign", "Sign descent with momentum: l1->linf steepest descent (Adam without EMA)", 1e-3, _steepest("SignDescent")))
 _register(OptimizerSpec("sgd", "SGD with Nesterov momentum on every parameter (Euclidean steepest descent)", 0.05, _sgd, matrix=False))
 _register(OptimizerSpec("adamw", "torch.optim.AdamW(fused=True) on every parameter", 1e-3, _adamw, matrix=False))
-_register(OptimizerSpec("torch-muon", "peer: torch.optim.Muon (Newton-Schulz in bf16, one matrix at a time) on hidden 2-D weights", 0.02, _torch_muon, available=lambda: hasattr(torch.optim, "Muon")))
-_register(OptimizerSpec("heavyball-muon", "peer: heavyball.Muon (optional extra 'peers')", 0.02, _heavyball("Muon"), available=_installed("heavyball")))
-_register(OptimizerSpec("heavyball-soap", "peer: heavyball.SOAP, Shampoo-preconditioned Adam (optional extra 'peers')", 3e-3, _heavyball("SOAP"), available=_installed("heavyball")))
-_register(OptimizerSpec("pytorch-optimizer-shampoo", "peer: pytorch_optimizer.Shampoo (optional extra 'peers')", 1e-3, _pto_shampoo, available=_installed("pytorch_optimizer")))
+_register(OptimizerSpec("torch-muon", "peer: torch.optim.Muon (Newton-Schulz in bf16, one matrix at a time) on hidden 2-D weights", 0.02, _torch_muon, available=lambda: hasattr(torch.optim, "Muon"), peer=True))
+_register(OptimizerSpec("heavyball-muon", "peer: heavyball.Muon (optional extra 'peers')", 0.02, _heavyball("Muon"), available=_installed("heavyball"), peer=True))
+_register(OptimizerSpec("heavyball-soap", "peer: heavyball.SOAP, Shampoo-preconditioned Adam (optional extra 'peers')", 3e-3, _heavyball("SOAP"), available=_installed("heavyball"), peer=True))
+_register(OptimizerSpec("pytorch-optimizer-shampoo", "peer: pytorch_optimizer.Shampoo (optional extra 'peers')", 1e-3, _pto_shampoo, available=_installed("pytorch_optimizer"), peer=True))

@@ -69,6 +69,9 @@ class CombinedOptimizer(Optimizer):
             raise ValueError(f"state_dict does not match this CombinedOptimizer: it has {found}, this has {len(self.optimizers)}")
         for o, sd in zip(self.optimizers, children):
             o.load_state_dict(sd)
+        # torch's load_state_dict gives each child new group dicts: adopt them, or LR schedulers and
+        # lr changes made through this object would no longer reach the children
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
     def __repr__(self) -> str:
         inner = ",\n".join("  " + repr(o).replace("\n", "\n  ") for o in self.optimizers)
