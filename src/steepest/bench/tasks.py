@@ -144,6 +144,7 @@ class Task:
     batch_size: int
     eval_every: int
     lrs: Mapping[str, float]
+    seeds: int = 1
     adamw_lr: float = 3e-3
     model_sizes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     default_size: str = "default"
@@ -322,7 +323,7 @@ _register(Task(
     name="digits-mlp",
     description="scikit-learn's 8x8 digits (1797 images), 2-hidden-layer MLP; the default, ~seconds per run on CPU",
     build_problem=_digits_problem, build_model=_mlp,
-    steps=300, batch_size=128, eval_every=20,
+    steps=300, batch_size=128, eval_every=20, seeds=3,
     lrs=_lrs(sgd=0.1, adamw=3e-3, muon=0.02, neon=1e-3, shampoo=3e-3, sign=1e-3), adamw_lr=3e-3,
     model_sizes={"default": dict(width=128, depth=2), "tiny": dict(width=16, depth=2)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
@@ -332,7 +333,7 @@ _register(Task(
     name="digits-cnn",
     description="scikit-learn's 8x8 digits, small ResNet-style CNN (conv weights: the matrix optimizers' conv path)",
     build_problem=_digits_problem, build_model=_digits_resnet,
-    steps=300, batch_size=128, eval_every=20,
+    steps=300, batch_size=128, eval_every=20, seeds=3,
     lrs=_lrs(sgd=0.05, adamw=3e-3, muon=0.02, neon=1e-3, shampoo=3e-3, sign=1e-3), adamw_lr=3e-3,
     model_sizes={"default": dict(width=32), "tiny": dict(width=4)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
