@@ -191,20 +191,15 @@ def _resolve_device(requested: str) -> str:
     return requested
 
 
-def _base_configs(args: argparse.Namespace, task, optimizers: list[str], lrs: dict[str, float], kind: str):
-    """One RunConfig per (optimizer, lr, seed)."""
-    from .config import RunConfig
-
-    model_over: dict[str, Any] = _key_values(args.model, "--model")
+def _base_configs(args: argparse.Namespace, task, optimizers: list[str], lrs: dict[str, Any], kind: str):
+    """One RunConfig per (optimizer, lr, seed); ``lrs`` maps each optimizer to an lr or a list."""
+    model: dict[str, Any] = _key_values(args.model, "--model")
     for flag in ("n_layer", "n_head", "n_embd", "block_size", "width"):
         if getattr(args, flag) is not None:
-            model_over[flag] = getattr(args, flag)
-    model = task.model_options(args.model_size, model_over)
-    data_over: dict[str, Any] = _key_values(args.data, "--data")
+            model[flag] = getattr(args, flag)
+    data: dict[str, Any] = _key_values(args.data, "--data")
     if args.tokenizer is not None:
-        data_over["tokenizer"] = args.tokenizer
-    data = task.data_defaults(data_over)
-    steps = args.steps or task.steps
+        data["tokenizer"] = args.tokenizer
     device = _resolve_device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     batch = args.batch_size or task.batch_size
@@ -214,17 +209,13 @@ def _base_configs(args: argparse.Namespace, task, optimizers: list[str], lrs: di
     data_dir = args.data_dir or os.environ.get("STEEPEST_DATA") or None
     configs = []
     for opt in optimizers:
-        for lr in [lrs[opt]] if not isinstance(lrs[opt], list) else lrs[opt]:
+        for lr in lrs[opt] if isinstance(lrs[opt], list) else [lrs[opt]]:
             for seed in range(seeds):
-                configs.append(RunConfig(
-                    task=task.name, optimizer=opt, lr=float(lr), seed=seed, steps=steps, batch_size=batch,
-                    eval_every=min(args.eval_every or task.eval_every, steps),
-                    ckpt_every=args.ckpt_every or max(1, steps // 5),
-                    adamw_lr=args.adamw_lr or task.adamw_lr,
-                    warmup_steps=task.warmup_steps if args.warmup_steps is None else args.warmup_steps,
-                    cooldown_frac=task.cooldown_frac if args.cooldown_frac is None else args.cooldown_frac,
-                    grad_clip=args.grad_clip, model=model, data=data,
-                    data_dir=str(Path(data_dir).expanduser()) if data_dir else None,
+                configs.append(task.config(
+                    opt, lr=lr, seed=seed, steps=args.steps, batch_size=batch, eval_every=args.eval_every,
+                    ckpt_every=args.ckpt_every, adamw_lr=args.adamw_lr, warmup_steps=args.warmup_steps,
+                    cooldown_frac=args.cooldown_frac, model_size=args.model_size, model=model, data=data,
+                    grad_clip=args.grad_clip, data_dir=str(Path(data_dir).expanduser()) if data_dir else None,
                     device=device, amp=device.startswith("cuda") and not args.no_amp, compile=args.compile,
                     world_size=world, kind=kind,
                 ))  # fmt: skip
@@ -260,7 +251,7 @@ def _train_all(args: argparse.Namespace, configs) -> tuple[list, Any]:
         elif not args.quiet:
             f = r.final
             acc = f" val_acc {f['val_acc']:.4f}" if "val_acc" in f else ""
-            note = " (already complete)" if r.status == "skipped" else ""
+            note = " (already complete)" if r.skipped else ""
             print(
                 f"{cfg.task} {cfg.optimizer} lr={cfg.lr:g} seed={cfg.seed}: val_loss {f.get('val_loss', float('nan')):.4f}"
                 f"{acc} after {f.get('step', 0)} steps, {f.get('time', 0.0):.1f} s{note}",
@@ -333,9 +324,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     optimizers = _optimizer_names(args.optimizers, ())
     lrs: dict[str, Any] = {}
     if args.lrs:
-        values = [_parse_lr("", v) if v.strip() else None for v in args.lrs.split(",")]
-        if not values or any(v is None for v in values):
-            raise BenchError(f"bad --lrs {args.lrs!r}: expected comma-separated positive numbers")
+        values = []
+        for part in args.lrs.split(","):
+            try:
+                v = float(part)
+            except ValueError:
+                v = math.nan
+            if not (math.isfinite(v) and v > 0):
+                raise BenchError(f"bad --lrs {args.lrs!r}: {part.strip()!r} is not a positive number (expected e.g. 1e-3,3e-3,1e-2)")
+            values.append(v)
         for o in optimizers:
             lrs[o] = sorted(set(values))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -40,6 +41,12 @@ class RunConfig:
     compile: bool = False
     world_size: int = 1
     kind: str = "run"  # "run" or "sweep"
+
+    def __post_init__(self) -> None:
+        # Hold options as JSON gives them back (tuples become lists), so that a config read from
+        # config.json compares equal to the one that wrote it.
+        self.model = json.loads(json.dumps(self.model))
+        self.data = json.loads(json.dumps(self.data))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

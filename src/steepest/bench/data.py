@@ -181,10 +181,10 @@ def find_cifar10(data_dir: str | os.PathLike | None) -> Path:
     """The ``cifar-10-batches-py`` folder: ``data_dir`` itself or its child of that name."""
     hint = f"expected cifar-10-batches-py/ from {CIFAR10_URL}, unpacked"
     root = data_dir_from(data_dir, "CIFAR-10", hint)
-    for cand in (root / "cifar-10-batches-py", root):
-        if (cand / "data_batch_1").exists() or cand.name == "cifar-10-batches-py":
-            folder = cand
-            break
+    if (root / "cifar-10-batches-py").is_dir():
+        folder = root / "cifar-10-batches-py"
+    elif root.name == "cifar-10-batches-py" or any((root / name).exists() for name in CIFAR10_FILES):
+        folder = root
     else:
         raise BenchError(
             f"CIFAR-10 not found in {root}: expected {root / 'cifar-10-batches-py' / 'data_batch_1'} "

@@ -164,6 +164,44 @@ class Task:
 
         return float(OPTIMIZERS[optimizer].default_lr)
 
+    def config(
+        self,
+        optimizer: str,
+        *,
+        lr: float | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        eval_every: int | None = None,
+        ckpt_every: int | None = None,
+        adamw_lr: float | None = None,
+        warmup_steps: int | None = None,
+        cooldown_frac: float | None = None,
+        model_size: str | None = None,
+        model: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        **rest: Any,
+    ) -> RunConfig:
+        """A :class:`RunConfig` of this task with its defaults for everything not given
+        (``rest``: further ``RunConfig`` fields such as ``device`` or ``data_dir``)."""
+        steps = steps or self.steps
+        return RunConfig(
+            task=self.name,
+            optimizer=optimizer,
+            lr=float(lr) if lr is not None else self.default_lr(optimizer),
+            seed=seed,
+            steps=steps,
+            batch_size=batch_size or self.batch_size,
+            eval_every=min(eval_every or self.eval_every, steps),
+            ckpt_every=ckpt_every or max(1, steps // 5),
+            adamw_lr=adamw_lr or self.adamw_lr,
+            warmup_steps=self.warmup_steps if warmup_steps is None else warmup_steps,
+            cooldown_frac=self.cooldown_frac if cooldown_frac is None else cooldown_frac,
+            model=self.model_options(model_size, model),
+            data=self.data_defaults(data),
+            **rest,
+        )
+
     def model_options(self, size: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The model preset ``size`` (default: the task's) with ``overrides`` (coerced to the
         preset's types); unknown sizes or keys are a :class:`BenchError`."""

@@ -51,13 +51,15 @@ class Diverged(Exception):
 
 @dataclass
 class RunResult:
-    """How a run ended: ``completed``, ``diverged`` or ``skipped`` (it was already complete)."""
+    """How a run ended: ``status`` ``completed`` or ``diverged``; ``skipped`` when it had
+    already ended before this call (nothing was trained)."""
 
     config: RunConfig
     path: Path
     status: str
     message: str = ""
     final: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -172,8 +174,17 @@ def train(
     action = _plan(rd, cfg, resume, overwrite)
     if action == "skip":
         result = json.loads((rd / RESULT).read_text())
-        return RunResult(cfg, rd, "skipped", "already complete", result.get("final", {}))
-    ctx.barrier()  # every rank has planned before rank 0 changes the folder
+        return RunResult(cfg, rd, result["status"], result.get("message", ""), result.get("final", {}), skipped=True)
+    # Data, model and optimizer first: their errors must not leave a half-made run folder.
+    problem = task.build_problem(cfg, device)
+    torch.manual_seed(cfg.seed)  # model initialisation (and dropout) use the global RNG
+    raw_model = task.build_model(problem, cfg.model).to(device)
+    from steepest.optim.build import build_optimizer
+
+    optimizer = build_optimizer(raw_model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    ctx.barrier()  # every rank has planned (and loaded its data) before rank 0 changes the folder
     if ctx.is_main:
         if action == "fresh":
             if rd.exists():
@@ -187,14 +198,6 @@ def train(
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })  # fmt: skip
     ctx.barrier()
-
-    problem = task.build_problem(cfg, device)
-    torch.manual_seed(cfg.seed)  # model initialisation (and dropout) use the global RNG
-    raw_model = task.build_model(problem, cfg.model).to(device)
-    from steepest.optim.build import build_optimizer
-
-    optimizer = build_optimizer(raw_model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     start, clock = 0, {"time": 0.0, "opt_time": 0.0}
     ckpt_path = rd / CKPT
@@ -245,7 +248,7 @@ def train(
     def finish(status: str, message: str, final: dict[str, Any]) -> RunResult:
         if ctx.is_main:
             _write_json(rd / RESULT, {
-                "status": status, "message": message, "final": final, "steps_done": final.get("diverged_at", final.get("step", 0)),
+                "status": status, "message": message, "final": final, "steps_done": final["diverged_at"] - 1 if "diverged_at" in final else final.get("step", 0),
                 "parameters": count_parameters(raw_model),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })  # fmt: skip

@@ -1,0 +1,153 @@
+"""Every task trains on tiny data; every optimizer trains; resumption is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from benchutil import subprocess_env
+
+from steepest.bench.cli import main
+from steepest.bench.tasks import get_task, task_names
+from steepest.bench.train import KILL_ENV, read_metrics, train
+from steepest.optim.build import optimizer_names
+
+# The smallest sensible shape of each task (data folders come from fixtures).
+TINY = {
+    "digits-mlp": dict(model_size="tiny", batch_size=32),
+    "digits-cnn": dict(model_size="tiny", batch_size=32),
+    "cifar10-mlp": dict(model_size="tiny", batch_size=16),
+    "cifar10-resnet": dict(model_size="tiny", batch_size=16),
+    "shakespeare-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
+    "tinystories-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
+}
+DATA = {"cifar10-mlp": "cifar_root", "cifar10-resnet": "cifar_root", "tinystories-gpt": "tinystories_root"}
+
+
+def tiny_config(request, task: str, optimizer: str = "adamw", **kw):
+    opts = {**TINY[task], **kw}
+    if task in DATA:
+        opts.setdefault("data_dir", str(request.getfixturevalue(DATA[task])))
+    return get_task(task).config(optimizer, **opts)
+
+
+def losses(run_dir) -> list[tuple[int, float | None, float | None]]:
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_every_task_has_a_tiny_shape():
+    assert set(TINY) == set(task_names())
+
+
+@pytest.mark.parametrize("task", list(TINY))
+def test_task_trains_a_few_steps(request, tmp_path, task):
+    cfg = tiny_config(request, task, steps=6, eval_every=3)
+    result = train(cfg, tmp_path, quiet=True)
+    assert result.status == "completed"
+    records = read_metrics(result.path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(7))
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6]
+    assert all(math.isfinite(r["val_loss"]) and 0 <= r["val_acc"] <= 1 for r in evals)
+    assert all(math.isfinite(r["train_loss"]) and r["opt_time"] <= r["time"] for r in records[1:])
+    config = json.loads((result.path / "config.json").read_text())
+    assert config["run"] == cfg.to_dict() and config["env"]["torch"] == torch.__version__
+    assert (result.path / "ckpt.pt").exists()
+    assert json.loads((result.path / "result.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("task", ["digits-mlp", "digits-cnn"])
+@pytest.mark.parametrize("optimizer", optimizer_names())
+def test_every_optimizer_trains(request, tmp_path, task, optimizer):
+    cfg = tiny_config(request, task, optimizer, steps=8, eval_every=8)
+    result = train(cfg, tmp_path, quiet=True)
+    assert result.status == "completed", result.message
+    records = read_metrics(result.path / "metrics.jsonl")
+    assert records[-1]["val_loss"] < records[0]["val_loss"] * 1.5
+    assert all(math.isfinite(r["train_loss"]) for r in records[1:])
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_at(k: int):
+    def callback(step: int, loss: float) -> None:
+        if step == k:
+            raise Crash(f"injected at step {k}")
+
+    return callback
+
+
+def _assert_same_run(a, b):
+    assert losses(a) == losses(b)  # exact: same floats, bit for bit
+    ca = torch.load(a / "ckpt.pt", weights_only=False)
+    cb = torch.load(b / "ckpt.pt", weights_only=False)
+    assert ca["step"] == cb["step"]
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+
+
+@pytest.mark.parametrize("optimizer", optimizer_names())
+def test_resume_is_exact_for_every_optimizer(request, tmp_path, optimizer):
+    cfg = tiny_config(request, "digits-mlp", optimizer, steps=12, eval_every=4, ckpt_every=5)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", quiet=True, callback=_crash_at(8))
+    cut_dir = full.path.relative_to(tmp_path / "full")
+    assert max(r["step"] for r in read_metrics(tmp_path / "cut" / cut_dir / "metrics.jsonl")) == 8
+    resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed.status == "completed"
+    _assert_same_run(full.path, resumed.path)
+
+
+@pytest.mark.parametrize(
+    "task, optimizer, kw",
+    [
+        ("cifar10-resnet", "sgd", {}),  # batch norm, augmentation, label smoothing
+        ("shakespeare-gpt", "adamw", {"model": {"dropout": 0.1}}),  # dropout draws from the global RNG
+        ("digits-cnn", "adamw", {"warmup_steps": 3}),
+    ],
+)
+def test_resume_is_exact_across_tasks(request, tmp_path, task, optimizer, kw):
+    cfg = tiny_config(request, task, optimizer, steps=9, eval_every=3, ckpt_every=4, **kw)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", quiet=True, callback=_crash_at(6))
+    resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    _assert_same_run(full.path, resumed.path)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = ["run", "--task", "digits-mlp", "--optimizers", "adamw", "--seeds", "1", "--steps", "20",
+            "--ckpt-every", "5", "--eval-every", "5", "--model-size", "tiny", "--device", "cpu",
+            "--quiet", "--no-plots"]  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-m", "steepest.bench", *args, "--out", str(tmp_path / "cut")],
+        env=subprocess_env(**{KILL_ENV: "13"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr
+    run = tmp_path / "cut" / "digits-mlp" / "adamw" / "lr=0.003" / "seed=0"
+    assert not (run / "result.json").exists()
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 13
+    assert torch.load(run / "ckpt.pt", weights_only=False)["step"] == 10
+    # without --resume the unfinished run is refused
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "cut")])
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    full = tmp_path / "full" / "digits-mlp" / "adamw" / "lr=0.003" / "seed=0"
+    _assert_same_run(full, run)
+
+
+def test_schedule_warmup_and_cooldown():
+    cfg = get_task("digits-mlp").config("sgd", steps=10, warmup_steps=2, cooldown_frac=0.5)
+    f = [cfg.lr_factor(s) for s in range(10)]
+    assert f[0] == 0.5 and f[1] == 1.0 and f[4] == 1.0 and f[5] == 1.0 and f[9] == pytest.approx(0.2)
