@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,36 @@ def test_schedule_warmup_and_cooldown():
     cfg = get_task("digits-mlp").config("sgd", steps=10, warmup_steps=2, cooldown_frac=0.5)
     f = [cfg.lr_factor(s) for s in range(10)]
     assert f[0] == 0.5 and f[1] == 1.0 and f[4] == 1.0 and f[5] == 1.0 and f[9] == pytest.approx(0.2)
+
+
+def _torchrun(args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "steepest.bench", *args],
+        env=subprocess_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    """Two gloo ranks each take half of every batch; rank 0 alone writes; same losses as one process."""
+    args = ["run", "--task", "digits-mlp", "--optimizers", "adamw", "--seeds", "1", "--steps", "6", "--eval-every", "3",
+            "--batch-size", "32", "--model-size", "tiny", "--device", "cpu", "--quiet", "--no-plots"]  # fmt: skip
+    _torchrun([*args, "--out", str(tmp_path / "ddp")])
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    run = Path("digits-mlp") / "adamw" / "lr=0.003" / "seed=0"
+    ddp, single = losses(tmp_path / "ddp" / run), losses(tmp_path / "single" / run)
+    assert [s for s, _, _ in ddp] == list(range(7))  # one writer: no duplicated lines
+    assert json.loads((tmp_path / "ddp" / run / "config.json").read_text())["run"]["world_size"] == 2
+    for (_, a, va), (_, b, vb) in zip(ddp, single):
+        assert (a is None) == (b is None) and (a is None or a == pytest.approx(b, rel=1e-4, abs=1e-6))
+        assert (va is None) == (vb is None) and (va is None or va == pytest.approx(vb, rel=1e-4, abs=1e-6))
+
+
+def test_torchrun_with_batch_norm_model(tmp_path):
+    """BatchNorm buffers make DDP's forward a collective: evaluation must not deadlock."""
+    _torchrun(["run", "--task", "digits-cnn", "--optimizers", "sgd", "--seeds", "1", "--steps", "2", "--batch-size", "32",
+               "--model-size", "tiny", "--device", "cpu", "--quiet", "--no-plots", "--out", str(tmp_path)])  # fmt: skip
+    assert json.loads(next(tmp_path.rglob("result.json")).read_text())["status"] == "completed"

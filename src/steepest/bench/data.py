@@ -381,7 +381,8 @@ def _tinystories_bytes(path: Path) -> torch.Tensor:
             f"{path} does not look like TinyStories text: no '<|endoftext|>' separator lines "
             f"(expected {'/'.join(TINYSTORIES_FILES)} from {TINYSTORIES_URL})"
         )
-    raw = re.sub(rb"[ \t\r]*\n?[ \t\r]*<\|endoftext\|>[ \t\r]*\n?", b"\0", raw)
+    # bytes.replace runs at memory speed, which matters for the 1.9 GB training file.
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n" + _EOT + b"\n", b"\0").replace(_EOT, b"\0")
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
 
 

@@ -89,7 +89,8 @@ class ClassificationProblem(Problem):
         return x, self.y_train[idx]
 
     def eval_batches(self, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        for a, b in D.iterate_chunks(len(self.y_val), self.eval_batch_size, rank, world):
+        n = len(self.y_val)
+        for a, b in D.iterate_chunks(n, min(self.eval_batch_size, max(1, -(-n // world))), rank, world):
             yield self.prepare(self.x_val[a:b]), self.y_val[a:b]
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, train: bool = True) -> torch.Tensor:

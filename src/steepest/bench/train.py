@@ -218,6 +218,9 @@ def train(
     model: nn.Module = raw_model
     if cfg.compile:
         model = torch.compile(model)
+    # Evaluation bypasses DDP: its forward may run collectives (buffer broadcasts) and ranks can
+    # hold different numbers of validation batches.
+    eval_model = model
     if ctx.active:
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -259,7 +262,7 @@ def train(
     try:
         model.train()
         if start == 0:
-            final = {"step": 0, "time": 0.0, "opt_time": 0.0, **_evaluate(model, problem, ctx, autocast, device)}
+            final = {"step": 0, "time": 0.0, "opt_time": 0.0, **_evaluate(eval_model, problem, ctx, autocast, device)}
             log(final)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(start, cfg.steps):
@@ -292,7 +295,7 @@ def train(
             record = {"step": done, "time": clock["time"], "opt_time": clock["opt_time"],
                       "train_loss": loss_value, "lr": cfg.lr * factor}  # fmt: skip
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                record.update(_evaluate(model, problem, ctx, autocast, device))
+                record.update(_evaluate(eval_model, problem, ctx, autocast, device))
                 final = record
             log(record)
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
