@@ -65,7 +65,7 @@ def test_no_command_prints_help(capsys):
     [
         (["run", "--task", "nope"], ["unknown task 'nope'", "valid tasks: digits-mlp, digits-cnn"]),
         (["sweep", "--task", "nope", "--optimizer", "sgd"], ["unknown task 'nope'"]),
-        (["run", "--optimizers", "sgd,nope"], ["unknown optimizer 'nope'", "valid optimizers: sgd, adamw"]),
+        (["run", "--optimizers", "sgd,nope"], ["unknown optimizer 'nope'", "valid optimizers:", "sgd", "adamw"]),
         (["sweep", "--optimizer", "nope"], ["unknown optimizer 'nope'", "valid optimizers:"]),
         (["run", "--steps", "0"], ["--steps", "positive integer"]),
         (["run", "--steps", "-3"], ["--steps", "positive integer"]),
@@ -208,3 +208,22 @@ def test_gpt_size_flags(tmp_path):
     assert main(argv) == 0
     cfg = json.loads(next(Path(tmp_path).rglob("config.json")).read_text())["run"]
     assert cfg["model"]["n_layer"] == 1 and cfg["model"]["block_size"] == 8 and cfg["data"]["tokenizer"] == "byte"
+
+
+def test_optimizer_refusing_the_model_keeps_the_others(monkeypatch, capsys, tmp_path):
+    import steepest.optim.build as build
+
+    real = build.build_optimizer
+
+    def picky(model, name, **kw):
+        if name == "sgd":
+            raise ValueError("sgd only supports 2-D parameters (a stand-in for a real refusal)")
+        return real(model, name, **kw)
+
+    monkeypatch.setattr(build, "build_optimizer", picky)
+    argv = ["run", "--optimizers", "sgd,adamw", "--seeds", "2", "--steps", "3", "--out", str(tmp_path), *FAST]
+    assert run_cli(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optimizer sgd cannot train task digits-mlp" in err[0] and "2-D" in err[0]
+    assert not (tmp_path / "digits-mlp" / "sgd").exists()
+    assert len(list((tmp_path / "digits-mlp" / "adamw").rglob("result.json"))) == 2

