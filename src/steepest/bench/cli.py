@@ -21,6 +21,7 @@ __all__ = ["main", "build_parser"]
 PROG = "steepest-bench"
 DEFAULT_TASK = "digits-mlp"
 DEFAULT_OUT = "runs"
+BENCH_EXTRAS = {"sklearn", "matplotlib", "tqdm"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--target-loss", type=float, help="validation loss target for the time-to-target column")
     report.add_argument("--target-acc", type=float, help="validation accuracy target for the time-to-target column")
 
-    sub.add_parser("list", help="tasks and optimizers, one line each")
+    lst = sub.add_parser("list", help="tasks and optimizers, one line each")
+    lst.add_argument("--task", help="show this task's default learning rate for each optimizer instead of the registry's")
     return p
 
 
@@ -399,8 +401,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from steepest.optim.build import OPTIMIZERS, optimizer_names
 
-    from .tasks import TASKS
+    from .tasks import TASKS, get_task
 
+    task = get_task(args.task) if args.task else None
     print("tasks:")
     width = max(map(len, TASKS))
     for name, t in TASKS.items():
@@ -410,7 +413,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max(map(len, names), default=0)
     for name in names:
         spec = OPTIMIZERS[name]
-        print(f"  {name:<{width}}  {spec.description} [default lr {spec.default_lr:g}]")
+        lr = f"{task.name} lr {task.default_lr(name):g}" if task else f"default lr {spec.default_lr:g}"
+        print(f"  {name:<{width}}  {spec.description} [{lr}]")
     return 0
 
 
@@ -431,5 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except BenchError as e:
         _fail(str(e))
+    except ModuleNotFoundError as e:
+        if e.name in BENCH_EXTRAS:
+            _fail(f"{PROG} needs {e.name}, one of the 'bench' extras: pip install 'steepest[bench]'")
+        raise
     except KeyboardInterrupt:
         _fail("interrupted", code=130)

@@ -158,6 +158,24 @@ def _evaluate(model: nn.Module, problem: Problem, ctx: DistContext, autocast, de
     return {"val_loss": loss / max(count, 1), "val_acc": correct / max(count, 1)}
 
 
+def _warm_up(task, problem: Problem, cfg: RunConfig, device: torch.device, autocast, ctx: DistContext) -> None:
+    """One untimed training step of a throwaway copy of the run's model and optimizer, so that
+    one-time costs (lazy library loading, kernel selection, allocator growth) are not charged to
+    the run's clock. The global RNG is restored afterwards: the run's numbers do not change."""
+    from steepest.optim.build import build_optimizer
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = task.build_model(problem, cfg.model).to(device)
+        optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
+        x, y = problem.train_batch(0, ctx.rank, ctx.world)
+        with autocast():
+            out = model(x)
+        problem.loss(out, y).backward()
+        optimizer.step()
+        _sync(device)
+    del model, optimizer
+
+
 def _progress(cfg: RunConfig, start: int, quiet: bool, ctx: DistContext):
     from tqdm.auto import tqdm
 
@@ -246,6 +264,8 @@ def train(
         if cfg.amp and device.type == "cuda"
         else contextlib.nullcontext
     )
+    if start < cfg.steps:
+        _warm_up(task, problem, cfg, device, autocast, ctx)
     kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
 
     metrics = open(rd / METRICS, "a", encoding="utf-8") if ctx.is_main else None
