@@ -12,6 +12,7 @@ import torch
 from benchutil import subprocess_env, write_cifar10, write_tinystories
 
 from steepest.bench.cli import main
+from steepest.bench.config import format_lr
 from steepest.bench.tasks import TASKS, get_task
 from steepest.optim.build import optimizer_names
 
@@ -161,7 +162,9 @@ def test_run_plot_report(capsys, tmp_path):
     report = (task / "report.md").read_text()
     assert report in out
     assert "| optimizer | lr | seeds |" in report and "time to val_acc ≥ 0.3" in report
-    assert "| adamw | 0.003 | 2 | 2 completed |" in report and "| sgd | 0.1 | 2 |" in report
+    task_ = get_task("digits-mlp")
+    for name in ("adamw", "sgd"):
+        assert f"| {name} | {format_lr(task_.default_lr(name))} | 2 | 2 completed |" in report
     assert "optimizer.step share" in report
 
 
@@ -185,7 +188,7 @@ def test_sweep_then_run_with_the_best_lr(capsys, tmp_path):
     assert "no sweep result for adamw" in capsys.readouterr().err
     best = summary["best_lr"]
     assert (tmp_path / "digits-mlp" / "sgd" / f"lr={best:.6g}" / "seed=0" / "result.json").exists()
-    assert (tmp_path / "digits-mlp" / "adamw" / "lr=0.003").exists()
+    assert (tmp_path / "digits-mlp" / "adamw" / f"lr={format_lr(get_task('digits-mlp').default_lr('adamw'))}").exists()
     fails(capsys, ["run", "--lr-from-sweep", str(tmp_path / "nothing"), "--out", str(tmp_path), *FAST], "no sweep results")
 
 

@@ -15,6 +15,7 @@ import torch
 from benchutil import subprocess_env
 
 from steepest.bench.cli import main
+from steepest.bench.config import format_lr
 from steepest.bench.tasks import get_task, task_names
 from steepest.bench.train import KILL_ENV, Incompatible, read_metrics, train
 from steepest.optim.build import OPTIMIZERS, optimizer_names
@@ -41,6 +42,8 @@ TINY = {
     "shakespeare-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
     "tinystories-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
 }
+# Where the CLI puts digits-mlp's adamw run at its default lr, seed 0.
+ADAMW_RUN = Path("digits-mlp") / "adamw" / f"lr={format_lr(get_task('digits-mlp').default_lr('adamw'))}" / "seed=0"
 DATA = {"cifar10-mlp": "cifar_root", "cifar10-resnet": "cifar_root", "tinystories-gpt": "tinystories_root"}
 
 
@@ -154,7 +157,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         timeout=120,
     )
     assert killed.returncode == -9, killed.stderr
-    run = tmp_path / "cut" / "digits-mlp" / "adamw" / "lr=0.003" / "seed=0"
+    run = tmp_path / "cut" / ADAMW_RUN
     assert not (run / "result.json").exists()
     assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 13
     assert torch.load(run / "ckpt.pt", weights_only=False)["step"] == 10
@@ -163,7 +166,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         main([*args, "--out", str(tmp_path / "cut")])
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
-    full = tmp_path / "full" / "digits-mlp" / "adamw" / "lr=0.003" / "seed=0"
+    full = tmp_path / "full" / ADAMW_RUN
     _assert_same_run(full, run)
 
 
@@ -198,7 +201,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
             "--batch-size", "32", "--model-size", "tiny", "--device", "cpu", "--quiet", "--no-plots"]  # fmt: skip
     _torchrun([*args, "--out", str(tmp_path / "ddp")])
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
-    run = Path("digits-mlp") / "adamw" / "lr=0.003" / "seed=0"
+    run = ADAMW_RUN
     ddp, single = losses(tmp_path / "ddp" / run), losses(tmp_path / "single" / run)
     assert [s for s, _, _ in ddp] == list(range(7))  # one writer: no duplicated lines
     assert json.loads((tmp_path / "ddp" / run / "config.json").read_text())["run"]["world_size"] == 2

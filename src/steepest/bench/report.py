@@ -56,16 +56,16 @@ def _row(opt: str, lr: float, group: list[Run], targets: Mapping[str, float]) ->
         if not reached:
             cells.append("not reached")
             continue
-        cell = f"{np.mean([t for _, t in reached]):.2f} s ({np.mean([s for s, _ in reached]):.0f} steps)"
+        cell = f"{np.median([t for _, t in reached]):.2f} s ({np.median([s for s, _ in reached]):.0f} steps)"
         if len(reached) < len(group):
             cell += f", {len(reached)}/{len(group)} seeds"
         cells.append(cell)
-    lasts = [_last(r) for r in group if _last(r)]
-    time = sum(x.get("time", 0.0) for x in lasts)
-    opt_time = sum(x.get("opt_time", 0.0) for x in lasts)
-    steps = sum(x.get("step", 0) for x in lasts)
-    cells.append(f"{1000 * time / steps:.2f}" if steps else "—")
-    cells.append(f"{100 * opt_time / time:.1f}%" if time > 0 else "—")
+    lasts = [x for x in (_last(r) for r in group) if x.get("step") and x.get("time", 0) > 0]
+    # Medians over seeds, robust to a seed that shared the machine with something else.
+    per_step = [x["time"] / x["step"] for x in lasts]
+    share = [x.get("opt_time", 0.0) / x["time"] for x in lasts]
+    cells.append(f"{1000 * np.median(per_step):.2f}" if lasts else "—")
+    cells.append(f"{100 * np.median(share):.1f}%" if lasts else "—")
     return cells
 
 
@@ -96,8 +96,8 @@ def report_task(task: str, runs: list[Run], sweeps: list[Run], targets: Mapping[
         c = first.config
         out += [
             f"{len(runs)} runs; {c.steps} steps of batch {c.batch_size}; device {env.get('gpu') or env.get('device', c.device)}"
-            f" (torch {env.get('torch', '?')}). Values: mean ± std over seeds at the last evaluation;"
-            " time is training time (evaluation excluded).",
+            f" (torch {env.get('torch', '?')}). Metrics: mean ± std over seeds at the last evaluation;"
+            " times: median over seeds of training time (evaluation excluded).",
             "",
         ]
         header = ["optimizer", "lr", "seeds", "status", "final val loss", "final val acc", "best val loss"]

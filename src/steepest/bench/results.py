@@ -103,7 +103,7 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
 
 @dataclass
 class Curve:
-    """A metric over seeds at each step: mean, min, max, and the mean time of that step."""
+    """A metric over seeds at each step: mean, min, max, and the median time of that step."""
 
     steps: np.ndarray
     time: np.ndarray
@@ -131,7 +131,8 @@ def curve(runs: list[Run], key: str, *, train: bool = False) -> Curve | None:
     if not table:
         return None
     steps = np.array(sorted(table))
-    time = np.array([np.mean([a for a, _ in table[s]]) for s in steps])
+    # The median: one seed slowed down by a busy machine should not bend the time axis.
+    time = np.array([np.median([a for a, _ in table[s]]) for s in steps])
     vals = [np.array([b for _, b in table[s]]) for s in steps]
     return Curve(
         steps,

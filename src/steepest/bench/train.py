@@ -120,9 +120,9 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
+    torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _live_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -237,7 +237,8 @@ def train(
     start, clock = 0, {"time": 0.0, "opt_time": 0.0}
     ckpt_path = rd / CKPT
     if action == "resume" and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, clock = ckpt["step"], ckpt["clock"]
@@ -287,8 +288,9 @@ def train(
 
     def finish(status: str, message: str, final: dict[str, Any]) -> RunResult:
         if ctx.is_main:
+            steps_done = final["diverged_at"] - 1 if "diverged_at" in final else final.get("step", 0)
             _write_json(rd / RESULT, {
-                "status": status, "message": message, "final": final, "steps_done": final["diverged_at"] - 1 if "diverged_at" in final else final.get("step", 0),
+                "status": status, "message": message, "final": final, "steps_done": steps_done,
                 "parameters": count_parameters(raw_model),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })  # fmt: skip
