@@ -441,3 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
+    finally:
+        if args.command in ("run", "sweep"):
+            from .dist import shutdown_distributed
+
+            shutdown_distributed()

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from .errors import BenchError
 
-__all__ = ["DistContext", "init_distributed"]
+__all__ = ["DistContext", "init_distributed", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,9 @@ def init_distributed(device: str = "cpu") -> DistContext:
             torch.cuda.set_device(ctx.local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     return ctx
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
