@@ -96,10 +96,6 @@ class ClassificationProblem(Problem):
     def loss(self, out: torch.Tensor, y: torch.Tensor, train: bool = True) -> torch.Tensor:
         return F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing if train else 0.0)
 
-    @property
-    def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_val.max()).item()) + 1 if len(self.y_train) else 0
-
 
 class LMProblem(Problem):
     """Next-token prediction on random windows of a token stream; validation on fixed windows."""
