@@ -25,10 +25,12 @@ def tinystories_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch):
-    """No data folder from the developer's environment; a fixed thread count for exactness."""
+    """No data folder or torchrun variables from the developer's environment; one CPU thread
+    (the tiny test models gain nothing from more, and a busy machine stalls them)."""
     monkeypatch.delenv("STEEPEST_DATA", raising=False)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

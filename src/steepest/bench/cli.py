@@ -100,7 +100,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     h.add_argument("--no-amp", action="store_true", help="on CUDA, train in float32 instead of bf16 autocast")
     h.add_argument("--compile", action="store_true", help="torch.compile the model")
-    h.add_argument("--threads", type=_positive_int, help="torch CPU threads per process")
+    h.add_argument("--threads", type=_positive_int, help="torch CPU threads per process (default: the task's, else torch's)")
     h.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     h.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
     h.add_argument("--overwrite", action="store_true", help="replace runs already in the output folder")
@@ -224,24 +224,30 @@ def _base_configs(args: argparse.Namespace, task, optimizers: list[str], lrs: di
     return configs
 
 
-def _set_threads(args: argparse.Namespace, device: str) -> None:
+def _set_threads(args: argparse.Namespace, device: str, task) -> None:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
         return
+    threads = task.threads
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1)
     if local_world > 1 and not device.startswith("cuda"):
         # Processes sharing the CPU: split the cores instead of oversubscribing them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        share = max(1, (os.cpu_count() or 1) // local_world)
+        threads = min(threads or share, share)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _train_all(args: argparse.Namespace, configs) -> tuple[list, Any]:
     from .dist import init_distributed
     from .train import Incompatible, RunResult, train
 
+    from .tasks import get_task
+
     ctx = init_distributed(configs[0].device)
-    _set_threads(args, configs[0].device)
+    _set_threads(args, configs[0].device, get_task(configs[0].task))
     results = []
     refused: set[str] = set()
     for cfg in configs:

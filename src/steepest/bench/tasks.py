@@ -142,6 +142,7 @@ class Task:
     eval_every: int
     lrs: Mapping[str, float]
     seeds: int = 1
+    threads: int | None = None  # CPU threads for the CLI's runs (None: torch's default)
     adamw_lr: float = 3e-3
     model_sizes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     default_size: str = "default"
@@ -363,6 +364,7 @@ _register(Task(
     description="scikit-learn's 8x8 digits (1797 images), 2-hidden-layer MLP; the default, ~seconds per run on CPU",
     build_problem=_digits_problem, build_model=_mlp,
     steps=300, batch_size=128, eval_every=20, seeds=3,
+    threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
     # From 1-seed sweeps at the default shape and steps (best final validation loss, rounded to
     # the safer side where the best sat next to divergence). Neon's rates are for sigma="keep".
     lrs=_lrs(sgd=0.1, adamw=1e-2, muon=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0), adamw_lr=3e-3,
@@ -375,6 +377,7 @@ _register(Task(
     description="scikit-learn's 8x8 digits, small ResNet-style CNN (conv weights: the matrix optimizers' conv path)",
     build_problem=_digits_problem, build_model=_digits_resnet,
     steps=300, batch_size=128, eval_every=20, seeds=3,
+    threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
     lrs=_lrs(sgd=0.1, adamw=3e-3, muon=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0), adamw_lr=3e-3,
     model_sizes={"default": dict(width=32), "tiny": dict(width=4)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
