@@ -1,0 +1,5 @@
+"""Benchmark harness: tasks, training loop with exact resume, sweeps, figures and reports.
+
+The command line is ``steepest-bench`` (:func:`steepest.bench.cli.main`); ``steepest-bench run``
+alone trains the default comparison on scikit-learn's digits and writes its figures.
+"""

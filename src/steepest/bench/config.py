@@ -1,0 +1,110 @@
+"""``RunConfig``: everything that determines one training run (task x optimizer x lr x seed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunConfig", "environment", "run_dir", "format_lr", "RESUME_IGNORED"]
+
+# Fields that may differ between a run and its resumption without changing its numbers' meaning.
+RESUME_IGNORED = frozenset({"data_dir", "compile"})
+
+
+@dataclass
+class RunConfig:
+    """One run. Saved as ``config.json["run"]``; ``RunConfig(**that)`` reruns it."""
+
+    task: str
+    optimizer: str
+    lr: float
+    seed: int = 0
+    steps: int = 100
+    batch_size: int = 128
+    eval_every: int = 25
+    ckpt_every: int = 25
+    adamw_lr: float = 3e-3
+    warmup_steps: int = 0
+    cooldown_frac: float = 0.5  # the lr decays linearly to 0 over this last fraction of the steps
+    grad_clip: float = 0.0  # 0: no clipping
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast (CUDA)
+    compile: bool = False
+    world_size: int = 1
+    kind: str = "run"  # "run" or "sweep"
+
+    def __post_init__(self) -> None:
+        # Hold options as JSON gives them back (tuples become lists), so that a config read from
+        # config.json compares equal to the one that wrote it.
+        self.model = json.loads(json.dumps(self.model))
+        self.data = json.loads(json.dumps(self.data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base learning rates at (0-based) ``step``: linear warmup, flat,
+        linear cooldown to zero."""
+        f = 1.0
+        if self.warmup_steps > 0:
+            f = min(f, (step + 1) / self.warmup_steps)
+        cooldown = int(math.ceil(self.cooldown_frac * self.steps))
+        if cooldown > 0:
+            f = min(f, (self.steps - step) / cooldown)
+        return max(f, 0.0)
+
+    def diff(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields (outside ``RESUME_IGNORED``) whose values differ: ``{name: (self's, other's)}``."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b.get(k)) for k in a if k not in RESUME_IGNORED and a[k] != b.get(k)}
+
+
+def format_lr(lr: float) -> str:
+    """A short, exact-enough spelling of a learning rate for folder names (``3e-03`` -> ``0.003``)."""
+    return f"{lr:.6g}"
+
+
+def run_dir(out: str | os.PathLike, cfg: RunConfig) -> Path:
+    """``OUT/<task>/[sweep/]<optimizer>/lr=<lr>/seed=<k>``."""
+    base = Path(out) / cfg.task
+    if cfg.kind == "sweep":
+        base = base / "sweep"
+    return base / cfg.optimizer / f"lr={format_lr(cfg.lr)}" / f"seed={cfg.seed}"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and hardware, recorded next to each run's config."""
+    import numpy
+    import torch
+
+    import steepest
+
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "steepest": getattr(steepest, "__version__", "?"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name()
+    return env

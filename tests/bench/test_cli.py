@@ -1,0 +1,232 @@
+"""The ``steepest-bench`` command: list, run, sweep, plot, report, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from benchutil import subprocess_env, write_cifar10, write_tinystories
+
+from steepest.bench.cli import main
+from steepest.bench.config import format_lr
+from steepest.bench.tasks import TASKS, get_task
+from steepest.optim.build import optimizer_names
+
+FAST = ["--model-size", "tiny", "--device", "cpu", "--quiet"]
+
+
+def run_cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def fails(capsys, argv: list[str], *fragments: str) -> str:
+    """Run ``argv``; assert a non-zero exit with one line on stderr holding every fragment."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("steepest-bench: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in TASKS:
+        assert f"  {name} " in out
+    for name in optimizer_names():
+        assert f"  {name} " in out
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "steepest.bench", "list"], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "digits-mlp" in proc.stdout
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["run", "--task", "nope"], ["unknown task 'nope'", "valid tasks: digits-mlp, digits-cnn"]),
+        (["sweep", "--task", "nope", "--optimizer", "sgd"], ["unknown task 'nope'"]),
+        (["run", "--optimizers", "sgd,nope"], ["unknown optimizer 'nope'", "valid optimizers:", "sgd", "adamw"]),
+        (["sweep", "--optimizer", "nope"], ["unknown optimizer 'nope'", "valid optimizers:"]),
+        (["run", "--steps", "0"], ["--steps", "positive integer"]),
+        (["run", "--steps", "-3"], ["--steps", "positive integer"]),
+        (["run", "--steps", "many"], ["--steps", "positive integer"]),
+        (["run", "--seeds", "0"], ["--seeds", "positive integer"]),
+        (["run", "--lr", "adamw"], ["bad --lr 'adamw'", "NAME=VALUE"]),
+        (["run", "--lr", "adamw=fast"], ["bad --lr adamw=fast", "not a number"]),
+        (["run", "--lr", "adamw=-1"], ["bad --lr adamw=-1", "positive"]),
+        (["run", "--lr", "adamw=nan"], ["bad --lr adamw=nan", "positive finite"]),
+        (["run", "--optimizers", "sgd", "--lr", "adamw=0.1"], ["'adamw' is not among the optimizers"]),
+        (["sweep", "--optimizer", "sgd", "--lrs", "0.1,,x"], ["--lrs"]),
+        (["run", "--model-size", "huge"], ["no model size 'huge'", "tiny"]),
+        (["run", "--model", "depth=two"], ["model option depth", "int"]),
+        (["run", "--model", "heads=2"], ["no model option 'heads'"]),
+        (["run", "--task", "digits-mlp", "--tokenizer", "char"], ["no data option 'tokenizer'"]),
+        (["run", "--resume", "--overwrite"], ["exclude each other"]),
+        (["run", "--device", "tpu"], ["unknown device 'tpu'"]),
+        (["run", "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["frobnicate"], ["invalid choice"]),
+    ],
+)
+def test_bad_input_gives_one_line_error(capsys, tmp_path, argv, fragments):
+    fails(capsys, [*argv, "--out", str(tmp_path)] if argv[0] in ("run", "sweep") else argv, *fragments)
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu(capsys, tmp_path):
+    fails(capsys, ["run", "--device", "cuda", "--out", str(tmp_path)], "no CUDA device")
+
+
+def test_missing_or_bad_data_dirs(capsys, tmp_path):
+    out = ["--out", str(tmp_path / "out"), *FAST]
+    fails(capsys, ["run", "--task", "cifar10-mlp", *out], "--data-dir", "STEEPEST_DATA", "cifar-10-python.tar.gz")
+    fails(capsys, ["run", "--task", "cifar10-resnet", "--data-dir", str(tmp_path / "void"), *out], "does not exist")
+    fails(capsys, ["run", "--task", "cifar10-mlp", "--data-dir", str(tmp_path), *out], "data_batch_1", "cifar-10-python.tar.gz")
+    folder = write_cifar10(tmp_path / "partial")
+    (folder / "data_batch_5").unlink()
+    fails(capsys, ["run", "--task", "cifar10-mlp", "--data-dir", str(tmp_path / "partial"), *out], "missing", "data_batch_5")
+    folder = write_cifar10(tmp_path / "garbled")
+    (folder / "test_batch").write_text("hello")
+    fails(capsys, ["run", "--task", "cifar10-mlp", "--data-dir", str(tmp_path / "garbled"), *out], "test_batch", "not a CIFAR-10")
+    fails(capsys, ["run", "--task", "tinystories-gpt", *out], "TinyStories", "STEEPEST_DATA")
+    write_tinystories(tmp_path / "ts")
+    (tmp_path / "ts" / "TinyStories-valid.txt").unlink()
+    fails(capsys, ["run", "--task", "tinystories-gpt", "--data-dir", str(tmp_path / "ts"), *out], "TinyStories-valid.txt")
+
+
+def test_data_dir_from_environment(monkeypatch, tmp_path, cifar_root):
+    monkeypatch.setenv("STEEPEST_DATA", str(cifar_root))
+    argv = ["run", "--task", "cifar10-mlp", "--optimizers", "sgd", "--seeds", "1", "--steps", "2", "--batch-size", "16", "--no-plots"]
+    assert main([*argv, *FAST, "--out", str(tmp_path)]) == 0
+
+
+def test_output_folder_holding_another_run(capsys, tmp_path):
+    base = ["run", "--optimizers", "adamw", "--seeds", "1", "--no-plots", "--out", str(tmp_path), *FAST]
+    assert main([*base, "--steps", "4"]) == 0
+    assert main([*base, "--steps", "4"]) == 0  # the same run again: already complete, nothing to do
+    fails(capsys, [*base, "--steps", "5"], "holds a different run", "steps", "--overwrite")
+    fails(capsys, [*base, "--steps", "5", "--resume"], "holds a different run")
+    assert main([*base, "--steps", "5", "--overwrite"]) == 0
+    cfg = json.loads(next(tmp_path.rglob("config.json")).read_text())
+    assert cfg["run"]["steps"] == 5
+    (tmp_path / "file").write_text("x")
+    fails(capsys, [*base[:-len(FAST) - 2], "--out", str(tmp_path / "file"), *FAST], "not a folder")
+
+
+def test_nan_loss_stops_that_run_and_keeps_the_others(capsys, tmp_path):
+    argv = ["run", "--optimizers", "sgd,adamw", "--lr", "sgd=1e6", "--seeds", "1", "--steps", "15", "--out", str(tmp_path), *FAST]
+    assert run_cli(argv) == 1
+    captured = capsys.readouterr()
+    err_lines = captured.err.strip().splitlines()
+    assert len(err_lines) == 1 and "diverged" in err_lines[0] and "nan" in err_lines[0].lower()
+    task = tmp_path / "digits-mlp"
+    sgd = json.loads(next((task / "sgd").rglob("result.json")).read_text())
+    adamw = json.loads(next((task / "adamw").rglob("result.json")).read_text())
+    assert sgd["status"] == "diverged" and adamw["status"] == "completed"
+    assert (task / "validation.png").exists() and "diverged" in (task / "report.md").read_text()
+
+
+def test_run_plot_report(capsys, tmp_path):
+    argv = ["run", "--optimizers", "sgd,adamw", "--seeds", "2", "--steps", "12", "--eval-every", "4", "--out", str(tmp_path), *FAST, "--no-plots"]
+    assert main(argv) == 0
+    task = tmp_path / "digits-mlp"
+    assert not (task / "validation.png").exists()
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path)]) == 0
+    for stem in ("validation", "train_loss"):
+        for ext in ("png", "svg"):
+            assert (task / f"{stem}.{ext}").stat().st_size > 1000
+    assert main(["report", str(task), "--target-acc", "0.3"]) == 0
+    out = capsys.readouterr().out
+    report = (task / "report.md").read_text()
+    assert report in out
+    assert "| optimizer | lr | seeds |" in report and "time to val_acc ≥ 0.3" in report
+    task_ = get_task("digits-mlp")
+    for name in ("adamw", "sgd"):
+        assert f"| {name} | {format_lr(task_.default_lr(name))} | 2 | 2 completed |" in report
+    assert "optimizer.step share" in report
+
+
+def test_plot_and_report_need_runs(capsys, tmp_path):
+    fails(capsys, ["plot", str(tmp_path)], "no runs found")
+    fails(capsys, ["report", str(tmp_path / "missing")], "does not exist")
+
+
+def test_sweep_then_run_with_the_best_lr(capsys, tmp_path):
+    sweep = ["sweep", "--optimizer", "sgd", "--lrs", "0.01,0.1,1e6", "--steps", "15", "--out", str(tmp_path), *FAST]
+    assert main(sweep) == 0
+    summary = json.loads((tmp_path / "digits-mlp" / "sweep" / "sgd" / "sweep.json").read_text())
+    assert summary["best_lr"] in (0.01, 0.1)
+    statuses = {row["lr"]: row["statuses"] for row in summary["results"]}
+    assert statuses[1e6] == ["diverged"]
+    assert (tmp_path / "digits-mlp" / "sweep.png").exists()
+    assert "Learning-rate sweeps" in (tmp_path / "digits-mlp" / "report.md").read_text()
+    capsys.readouterr()
+    run = ["run", "--optimizers", "sgd,adamw", "--seeds", "1", "--steps", "5", "--lr-from-sweep", "--out", str(tmp_path), *FAST]
+    assert main(run) == 0
+    assert "no sweep result for adamw" in capsys.readouterr().err
+    best = summary["best_lr"]
+    assert (tmp_path / "digits-mlp" / "sgd" / f"lr={best:.6g}" / "seed=0" / "result.json").exists()
+    assert (tmp_path / "digits-mlp" / "adamw" / f"lr={format_lr(get_task('digits-mlp').default_lr('adamw'))}").exists()
+    fails(capsys, ["run", "--lr-from-sweep", str(tmp_path / "nothing"), "--out", str(tmp_path), *FAST], "no sweep results")
+
+
+def test_default_run_writes_figures(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), "--steps", "10", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    task = tmp_path / "digits-mlp"
+    expected = [n for n in get_task("digits-mlp").optimizers if n in optimizer_names()] or ["sgd", "adamw"]
+    assert sorted(p.name for p in task.iterdir() if p.is_dir()) == sorted(expected)
+    seeds = get_task("digits-mlp").seeds
+    assert len(list(task.rglob("result.json"))) == seeds * len(expected)
+    assert (task / "validation.png").exists() and (task / "validation.svg").exists()
+    assert f"wrote {task / 'report.md'}" in out
+
+
+def test_gpt_size_flags(tmp_path):
+    argv = ["run", "--task", "shakespeare-gpt", "--optimizers", "adamw", "--steps", "2", "--n-layer", "1", "--n-embd", "16",
+            "--n-head", "2", "--block-size", "8", "--batch-size", "4", "--tokenizer", "byte", "--data", "eval_windows=4",
+            "--no-plots", "--out", str(tmp_path), *FAST]  # fmt: skip
+    assert main(argv) == 0
+    cfg = json.loads(next(Path(tmp_path).rglob("config.json")).read_text())["run"]
+    assert cfg["model"]["n_layer"] == 1 and cfg["model"]["block_size"] == 8 and cfg["data"]["tokenizer"] == "byte"
+
+
+def test_optimizer_refusing_the_model_keeps_the_others(monkeypatch, capsys, tmp_path):
+    import steepest.optim.build as build
+
+    real = build.build_optimizer
+
+    def picky(model, name, **kw):
+        if name == "sgd":
+            raise ValueError("sgd only supports 2-D parameters (a stand-in for a real refusal)")
+        return real(model, name, **kw)
+
+    monkeypatch.setattr(build, "build_optimizer", picky)
+    argv = ["run", "--optimizers", "sgd,adamw", "--seeds", "2", "--steps", "3", "--out", str(tmp_path), *FAST]
+    assert run_cli(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optimizer sgd cannot train task digits-mlp" in err[0] and "2-D" in err[0]
+    assert not (tmp_path / "digits-mlp" / "sgd").exists()
+    assert len(list((tmp_path / "digits-mlp" / "adamw").rglob("result.json"))) == 2
