@@ -22,8 +22,7 @@ from steepest.optim.build import OPTIMIZERS, optimizer_names
 
 
 def _is_peer(name: str) -> bool:
-    spec = OPTIMIZERS[name]
-    return bool(getattr(spec, "peer", spec.description.startswith("peer:")))
+    return OPTIMIZERS[name].peer
 
 
 # Every registered optimizer; third-party peers (slow to build on CPU, e.g. compiled kernels) only

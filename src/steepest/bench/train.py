@@ -35,6 +35,7 @@ from torch import nn
 from .config import RunConfig, environment, format_lr, run_dir
 from .dist import DistContext
 from .errors import BenchError
+from ..optim import NonFiniteGradientError
 from .models import count_parameters
 from .tasks import Problem, get_task
 
@@ -125,16 +126,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def _live_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """The param groups that ``step`` reads. A combined optimizer's children replace their group
-    dicts in ``load_state_dict`` (as every ``torch.optim.Optimizer`` does), which can leave the
-    parent's ``param_groups`` pointing at the old ones; ask the children directly."""
-    children = getattr(optimizer, "optimizers", None)
-    if isinstance(children, (list, tuple)) and all(isinstance(o, torch.optim.Optimizer) for o in children):
-        return [g for o in children for g in o.param_groups]
-    return optimizer.param_groups
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -217,7 +208,7 @@ def train(
         optimizer = build_optimizer(raw_model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
     except (ValueError, TypeError) as e:
         raise Incompatible(f"optimizer {cfg.optimizer} cannot train task {cfg.task}'s model: {e}") from None
-    base_lrs = [g["lr"] for g in _live_groups(optimizer)]
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     ctx.barrier()  # every rank has planned (and loaded its data) before rank 0 changes the folder
     if ctx.is_main:
@@ -306,7 +297,7 @@ def train(
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(start, cfg.steps):
             factor = cfg.lr_factor(step)
-            for group, base in zip(_live_groups(optimizer), base_lrs):
+            for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
             _sync(device)
             t0 = time.perf_counter()
@@ -325,11 +316,8 @@ def train(
             t1 = time.perf_counter()
             try:
                 optimizer.step()
-            except Exception as e:
-                # The library's matrix optimizers check gradients (NonFiniteGradientError).
-                if type(e).__name__ == "NonFiniteGradientError":
-                    raise Diverged(str(e)) from e
-                raise
+            except NonFiniteGradientError as e:
+                raise Diverged(str(e)) from e
             _sync(device)
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
