@@ -66,8 +66,14 @@ class Neon(MatrixOptimizer):
             on the digits MLP the best rates are ~3 with ``"keep"`` and ~0.3 with ``"drop"``).
         mode: ``"nuclear"`` or ``"fstar"``. variant: F*'s ``"seed"`` or ``"mean_of_norms"``.
         momentum, nesterov, weight_decay, nonfinite: as in :class:`~steepest.optim.Muon`.
-        iters: warm power iterations per step (default 1); cold_iters: on the first step (4).
-        oversample: extra block columns (default 2).
+        iters: warm power iterations per step (default 1 for nuclear, 2 for F*); cold_iters: on the
+            first step (4).
+        oversample: extra block columns (default 8).
+
+    The defaults come from ``benchmarks/lowrank_accuracy.py`` on momenta captured from the harness's
+    tasks: with one warm iteration and 8 extra columns the nuclear update's σ₁ is within 1e-3 of
+    float64 (worst case; 4e-2 with 2 extra columns), and F* needs two iterations for its top
+    ``r + 1`` values to be within 1e-2 (docs/performance.md).
         initial_rank: F*'s first guess of r (default 4). dense_fraction: see above (0.25).
         compile: ``torch.compile(fullgraph=True)`` the low-rank iteration and update (default False).
 
@@ -85,9 +91,9 @@ class Neon(MatrixOptimizer):
         weight_decay: float = 0.0,
         sigma: str = "keep",
         variant: str = "seed",
-        iters: int = 1,
+        iters: int | None = None,
         cold_iters: int = 4,
-        oversample: int = 2,
+        oversample: int = 8,
         initial_rank: int = 4,
         dense_fraction: float = 0.25,
         nonfinite: str = "raise",
@@ -106,6 +112,8 @@ class Neon(MatrixOptimizer):
         for key, choices in (("mode", NEON_MODES), ("sigma", SIGMA_MODES), ("variant", FSTAR_VARIANTS)):
             if group[key] not in choices:
                 raise ValueError(f"unknown {key} {group[key]!r}; accepted values: {', '.join(map(repr, choices))}")
+        if group["iters"] is None:
+            group["iters"] = 1 if group["mode"] == "nuclear" else 2
         for key, minimum in (("iters", 0), ("cold_iters", 1), ("oversample", 0), ("initial_rank", 1)):
             v = group[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
