@@ -86,17 +86,29 @@ class Neon(MatrixOptimizer):
                 raise ValueError(f"{key} must be an integer >= {minimum}, got {v!r}")
         check_hyperparameter("dense_fraction", group["dense_fraction"], high=1.0)
 
+    def block_width(self, group: dict, bucket: Bucket) -> int:
+        """Columns of the iterated block, from the whole batch's previous F* rank."""
+        m, n = bucket.shape
+        rank = 1 if group["mode"] == "nuclear" else self._previous_rank(group, bucket.whole) + 1
+        return min(rank + group["oversample"], m, n)
+
+    def uses_dense_svd(self, group: dict, bucket: Bucket, width: int) -> bool:
+        return group["mode"] == "fstar" and width > group["dense_fraction"] * min(*bucket.shape)
+
+    def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        dtype = torch.float64 if bucket.params[0].dtype == torch.float64 else torch.float32
+        layout = {"basis": ((bucket.shape[1], self.block_width(group, bucket)), dtype)}
+        if group["mode"] == "fstar":
+            layout["rank"] = ((), torch.int64)
+        return layout
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         M = bucket.stack()
-        m, n = bucket.shape
-        warm = all("basis" in s for s in bucket.states)
-        if group["mode"] == "nuclear":
-            width = min(1 + group["oversample"], m, n)
-        else:
-            width = min(self._previous_rank(group, bucket) + 1 + group["oversample"], m, n)
-        if width > group["dense_fraction"] * min(m, n) and group["mode"] == "fstar":
+        width = self.block_width(group, bucket)
+        if self.uses_dense_svd(group, bucket, width):
             triplets = self._dense(M)
         else:
+            warm = all("basis" in s for s in bucket.whole.states)
             init = bucket.stack_state("basis") if warm else None
             iters = group["iters"] if warm else group["cold_iters"]
             triplets = top_singular(M, width, init=init, iters=iters, oversample=0, check_finite=False)
@@ -105,8 +117,15 @@ class Neon(MatrixOptimizer):
             return rank_one(*triplets, group["sigma"]).to(M.dtype)
         D, rank = soft_threshold_update(triplets, group["variant"], group["sigma"])
         bucket.store_state("rank", rank)
-        self._remember_rank(bucket, rank)
         return D.to(M.dtype)
+
+    def directions_done(self, group: dict, bucket: Bucket) -> None:
+        if group["mode"] == "fstar":
+            self._remember_rank(bucket, bucket.stack_state("rank"))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._pending_rank.clear()  # the ranks remembered before the load are not the loaded ones
 
     @staticmethod
     def _dense(M: Tensor) -> Triplets:

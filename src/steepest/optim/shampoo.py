@@ -71,7 +71,10 @@ class Shampoo(MatrixOptimizer):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {v!r}")
 
-    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+    def prepare_directions(self, group: dict, bucket: Bucket) -> None:
+        """The statistics, from the raw gradients: ``L``, ``R`` and Adam's ``v`` for grafting.
+        Under DDP every rank updates them (the gradients are replicated) and only the roots and
+        the preconditioning are split, so the statistics never travel."""
         G = bucket.stack(bucket.grads)
         m, n = bucket.shape
         dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
@@ -84,25 +87,40 @@ class Shampoo(MatrixOptimizer):
                     s["graft_v"] = torch.zeros(m, n, dtype=dtype, device=G.device)
         beta2 = group["beta2"]
         new = 1.0 if beta2 == 1.0 else 1.0 - beta2
-        L = bucket.stack_state("L") * beta2 + new * (Gc @ Gc.mT)
-        R = bucket.stack_state("R") * beta2 + new * (Gc.mT @ Gc)
-        bucket.store_state("L", L)
-        bucket.store_state("R", R)
-        if int(bucket.states[0]["step"]) % group["update_every"] == 0 or "L_root" not in bucket.states[0]:
-            bucket.store_state("L_root", _inverse_fourth_root(L, group["eps"]))
-            bucket.store_state("R_root", _inverse_fourth_root(R, group["eps"]))
-        M = bucket.stack().to(dtype)
+        bucket.store_state("L", bucket.stack_state("L") * beta2 + new * (Gc @ Gc.mT))
+        bucket.store_state("R", bucket.stack_state("R") * beta2 + new * (Gc.mT @ Gc))
+        if group["grafting"] == "adam":
+            b2 = group["graft_beta2"]
+            bucket.store_state("graft_v", bucket.stack_state("graft_v").mul_(b2).addcmul_(Gc, Gc, value=1 - b2))
+
+    def _refresh_roots(self, group: dict, bucket: Bucket) -> bool:
+        return int(bucket.states[0]["step"]) % group["update_every"] == 0 or "L_root" not in bucket.states[0]
+
+    def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if not self._refresh_roots(group, bucket):
+            return {}
+        m, n = bucket.shape
+        dtype = bucket.states[0]["L"].dtype
+        return {"L_root": ((m, m), dtype), "R_root": ((n, n), dtype)}
+
+    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+        """``g·L^{-1/4} M R^{-1/4}`` from the statistics of :meth:`prepare_directions`."""
+        if self._refresh_roots(group, bucket.whole):
+            bucket.store_state("L_root", _inverse_fourth_root(bucket.stack_state("L"), group["eps"]))
+            bucket.store_state("R_root", _inverse_fourth_root(bucket.stack_state("R"), group["eps"]))
+        M0 = bucket.stack()
+        dtype = bucket.states[0]["L"].dtype
+        M = M0.to(dtype)
         D = bucket.stack_state("L_root") @ M @ bucket.stack_state("R_root")
         if group["grafting"] == "adam":
             b2 = group["graft_beta2"]
-            v = bucket.stack_state("graft_v").mul_(b2).addcmul_(Gc, Gc, value=1 - b2)
-            bucket.store_state("graft_v", v)
+            v = bucket.stack_state("graft_v")
             t = bucket.states[0]["step"].to(dtype) + 1
             adam = M / ((v / (1 - b2**t)).sqrt() + group["graft_eps"])
             norm_d = torch.linalg.vector_norm(D, dim=(-2, -1), keepdim=True)
             norm_a = torch.linalg.vector_norm(adam, dim=(-2, -1), keepdim=True)
             D = D * torch.where(norm_d > 0, norm_a / norm_d.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(norm_d))
-        return D.to(G.dtype)
+        return D.to(M0.dtype)
 
 
 def _inverse_fourth_root(A: Tensor, eps: float) -> Tensor:
