@@ -233,6 +233,7 @@ class MatrixOptimizer(Optimizer):
         mode = group["nonfinite"]
         if mode == "ignore":
             return None
+        grads = [g if g.numel() else g.new_zeros(1) for g in grads]  # a rank's shard may hold no rows
         bad = ~torch.isfinite(torch.stack([n.to(torch.float32) for n in torch._foreach_norm(grads, float("inf"))]))
         bad = self.executor.any_across_ranks(bad)  # shards of one matrix live on several ranks
         if mode == "skip":

@@ -124,14 +124,22 @@ class Shampoo(MatrixOptimizer):
 
 
 def _inverse_fourth_root(A: Tensor, eps: float) -> Tensor:
-    """``(A + εI)^{-1/4}`` by batched eigh; float64 for the batch when float32 is too coarse."""
+    """``(A + εI)^{-1/4}`` by batched eigh; float64 for the matrices whose float32 eigenvalues are
+    too coarse. Each matrix's root is independent of the others in the batch (so a rank computing
+    a share of the batch gets the single-process numbers)."""
+    if A.dtype == torch.float64:
+        return _root_from_eigh(*torch.linalg.eigh(A), eps)
     lam, Q = torch.linalg.eigh(A.to(torch.float32))
+    root = _root_from_eigh(lam, Q, eps)
     lam = lam.clamp(min=0)
-    condition = (lam[..., -1] + eps) / (lam[..., 0] + eps)
-    if A.dtype == torch.float64 or bool((condition > FLOAT32_CONDITION_LIMIT).any()):
-        lam, Q = torch.linalg.eigh(A.to(torch.float64))
-        lam = lam.clamp(min=0)
-    lam = lam + eps
-    cutoff = A.shape[-1] * torch.finfo(lam.dtype).eps * lam[..., -1:]
+    coarse = (lam[..., -1] + eps) / (lam[..., 0] + eps) > FLOAT32_CONDITION_LIMIT
+    if bool(coarse.any()):
+        root[coarse] = _root_from_eigh(*torch.linalg.eigh(A[coarse].to(torch.float64)), eps).to(root.dtype)
+    return root.to(A.dtype)
+
+
+def _root_from_eigh(lam: Tensor, Q: Tensor, eps: float) -> Tensor:
+    lam = lam.clamp(min=0) + eps
+    cutoff = lam.shape[-1] * torch.finfo(lam.dtype).eps * lam[..., -1:]
     root = torch.where(lam > cutoff, lam.clamp(min=torch.finfo(lam.dtype).tiny) ** -0.25, torch.zeros_like(lam))
-    return ((Q * root.unsqueeze(-2)) @ Q.mT).to(A.dtype)
+    return (Q * root.unsqueeze(-2)) @ Q.mT
