@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import multiprocessing as mp
 import os
 import tempfile
@@ -24,7 +25,9 @@ def _worker(fn, rank: int, world: int, init_file: str, queue, args) -> None:
                 "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                 timeout=datetime.timedelta(seconds=TIMEOUT_S),
             )  # fmt: skip
-        queue.put((rank, "ok", fn(rank, world, *args)))
+        result = io.BytesIO()
+        torch.save(fn(rank, world, *args), result)  # bytes: tensors must outlive this process
+        queue.put((rank, "ok", result.getvalue()))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         queue.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     finally:
@@ -58,4 +61,4 @@ def run(fn, world: int, *args) -> list:
     errors = [f"rank {r}: {v}" for r, (s, v) in sorted(results.items()) if s == "error"]
     if errors:
         raise AssertionError("worker failed:\n" + "\n".join(errors))
-    return [results[r][1] for r in range(world)]
+    return [torch.load(io.BytesIO(results[r][1]), weights_only=False) for r in range(world)]

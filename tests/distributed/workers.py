@@ -257,3 +257,79 @@ def fsdp_parity(rank: int, world: int, names: list[str], neon: str = "auto") -> 
             "momentum_is_dtensor": all(hasattr(s["momentum_buffer"], "placements") for s in opt.state.values()),
         }
     return out
+
+
+# --- DCP checkpoints -------------------------------------------------------------------------
+CHECKPOINTED = ["muon", "neon-nuclear", "neon-fstar", "newton-muon", "shampoo", "sign"]
+FULL_OPTIONS = {"neon-fstar": dict(initial_rank=1, dense_fraction=1.0), "newton-muon": dict(refresh_every=2), "shampoo": dict(update_every=2)}
+
+
+def train_full(name: str, setting: str, start: int, steps: int, load_from: str | None = None, save_to: str | None = None) -> list[torch.Tensor]:
+    """``build_optimizer(model, name)`` (matrix optimizer + AdamW) in ``setting`` ("local", "ddp" or
+    "fsdp"), optionally resumed from and saved to a DCP checkpoint; the same batches on every
+    rank. Returns the full weights."""
+    model = make_net()
+    if setting == "fsdp":
+        shard(model)
+    opt = steepest.build_optimizer(model, name, head=[model.head.weight], **FULL_OPTIONS.get(name, {}))
+    if load_from is not None:
+        steepest.distributed.load(load_from, model, opt)
+    for t in range(start, start + steps):
+        opt.zero_grad()
+        loss_of(model, t).backward()
+        opt.step()
+    if save_to is not None:
+        steepest.distributed.save(save_to, model, opt)
+    return [full(p.detach()).clone() for p in model.parameters()]
+
+
+def dcp_one_process(rank: int, world: int, directory: str) -> dict:
+    """World size 1: the uninterrupted runs (6 steps), and 3 steps saved for the 2-rank runs (Neon
+    F*'s rank, so its basis width, differs from the template's: :func:`load` refits it)."""
+    out = {}
+    for name in CHECKPOINTED:
+        out[name] = train_full(name, "local", 0, 6)
+        train_full(name, "local", 0, 3, save_to=f"{directory}/one-{name}")
+    return out
+
+
+def dcp_two_processes(rank: int, world: int, directory: str) -> dict:
+    """World size 2: resume the 1-rank checkpoints under DDP and FSDP2 (1 → 2), and save 3-step
+    checkpoints from DDP and FSDP2 runs for the 2 → 1 resumption."""
+    out = {}
+    for name in CHECKPOINTED:
+        for setting in ("ddp", "fsdp"):
+            out[name, setting] = train_full(name, setting, 3, 3, load_from=f"{directory}/one-{name}")
+            train_full(name, setting, 0, 3, save_to=f"{directory}/{setting}-{name}")
+    return out
+
+
+# --- one spawn per world size runs every scenario --------------------------------------------
+MATRIX_NAMES = ["muon", "neon-nuclear", "neon-fstar", "neon-fstar-dense", "newton-muon", "shampoo", "sign"]
+NEON_NAMES = ["neon-nuclear", "neon-fstar"]
+
+
+def scenarios(rank: int, world: int) -> dict:
+    out = {
+        "ddp": ddp_parity(rank, world, MATRIX_NAMES),
+        "fsdp": fsdp_parity(rank, world, MATRIX_NAMES, "all_to_all"),
+        "fsdp_krylov": fsdp_parity(rank, world, NEON_NAMES, "krylov"),
+        "none_gradient": none_gradient(rank, world),
+    }
+    if world == 2:
+        out["ddp_training"] = ddp_training(rank, world)
+        out["mismatched_options"] = mismatched_options(rank, world)
+        out["mismatched_model"] = mismatched_model(rank, world)
+    return out
+
+
+def world_of_one(rank: int, world: int) -> dict:
+    """A process group of one rank: the local executor, the same numbers as no group at all."""
+    model = make_net()
+    opt = build("neon-fstar", model)
+    for t in range(2):
+        opt.zero_grad()
+        loss_of(model, t).backward()
+        opt.step()
+    ref, _ = reference_run("neon-fstar", steps=2)
+    return {"setting": steepest.distributed.setting(opt), "executor": type(opt.executor).__name__, "diff": max_rel_diff(model, ref)}

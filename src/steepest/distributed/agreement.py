@@ -77,7 +77,9 @@ def _first_difference(a: list[dict], b: list[dict]) -> str:
             if ga.get(key) != gb.get(key):
                 where = "the optimizer class" if i == 0 else f"param group {i - 1}, {key!r}"
                 va, vb = ga.get(key), gb.get(key)
-                if key == "params" and isinstance(va, list) and isinstance(vb, list):
-                    return f"{where}: {len(va)} parameters {va[:3]}… against {len(vb)} {vb[:3]}…"
+                if isinstance(va, list) and isinstance(vb, list):
+                    i = next((i for i, (x, y) in enumerate(zip(va, vb)) if x != y), min(len(va), len(vb)))
+                    at = lambda v: repr(v[i]) if i < len(v) else "nothing"  # noqa: E731
+                    return f"{where}: {len(va)} entries against {len(vb)}, the first difference at #{i}: {at(va)} against {at(vb)}"
                 return f"{where}: {va!r} against {vb!r}"
     return "their descriptions differ"
