@@ -11,7 +11,7 @@ import steepest
 import steepest.distributed
 from steepest.distributed.fsdp import row_ranges
 from steepest.distributed.packing import Layout
-from steepest.distributed.partition import assign
+from steepest.distributed.partition import Assignment, assign
 from steepest.optim.base import LocalExecutor
 
 
@@ -33,6 +33,16 @@ def test_plan_balances_flops_across_batches():
     assert sorted(owners) == [0, 1, 2] or len(set(owners)) == 3
     idle = ({0, 1, 2, 3} - set(owners)).pop()
     assert plans[3].counts[idle] == 1
+
+
+def test_gathered_slots_in_batch_order():
+    """Padding only after the last real matrix: the gathered slots are the batch (a view)."""
+    assert assign([(4, 1.0)], 2)[0].in_order and assign([(5, 1.0)], 3)[0].in_order
+    plan = Assignment(k=3, world=2, slots=2, counts=(1, 2), starts=(0, 1))
+    assert not plan.in_order and plan.slot_index() == [0, 2, 3]
+    gathered = torch.arange(4)
+    assert plan.in_matrix_order(gathered).tolist() == [0, 2, 3]
+    assert assign([(4, 1.0)], 2)[0].in_matrix_order(gathered).data_ptr() == gathered.data_ptr()
 
 
 def test_plan_is_deterministic():

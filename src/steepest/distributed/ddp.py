@@ -2,9 +2,11 @@
 
 Under DDP every rank holds every matrix and the same (all-reduced) gradient. For a batch of ``k``
 same-shape matrices (:mod:`.partition`), rank ``r`` computes the directions of its slice only,
-writes them and the direction state (Neon's basis and rank, Shampoo's roots) into its block of
-``slots`` slots (:mod:`.packing`), and one asynchronous ``all_gather_into_tensor`` gives every rank
-the whole batch: the directions to apply and the state to keep, so that every rank's optimizer
+and one asynchronous ``all_gather_into_tensor`` of ``slots`` directions per rank gives every rank
+the whole batch (when no rank before the last is short, the gathered buffer *is* the batch, with
+no copy); a second one, of bytes (:mod:`.packing`), carries the direction state that
+``direction`` wrote (Neon's basis and rank, Shampoo's roots) when there is any. So every rank has
+the directions to apply and the state to keep, so that every rank's optimizer
 state stays identical (``optimizer.state_dict()`` on rank 0 alone is a full checkpoint). The
 all-gather runs while the next batch is computed.
 
@@ -23,7 +25,7 @@ from ..optim.base import Bucket
 from .packing import Layout
 from .partition import Assignment
 
-__all__ = ["ReplicatedBatch", "share_of"]
+__all__ = ["ReplicatedBatch", "share_of", "finish_state"]
 
 
 def share_of(bucket: Bucket, indices: range, momenta: list[Tensor] | None = None, with_grads: bool = True) -> Bucket:
@@ -50,25 +52,45 @@ class ReplicatedBatch:
         self.optimizer.prepare_directions(self.group, self.bucket)
 
     def compute(self) -> None:
-        bucket, rank = self.bucket, self.ex.rank
+        bucket, plan, rank = self.bucket, self.plan, self.ex.rank
+        momentum = bucket.momenta[0]
         state = self.optimizer.direction_state(self.group, bucket)  # before direction() writes it
-        self.layout = Layout.of({"direction": (bucket.shape, bucket.momenta[0].dtype), **state}, self.plan.slots)
+        owned = plan.owned(rank)
         values = {}
-        owned = self.plan.owned(rank)
+        send = None
         if len(owned):
             share = share_of(bucket, owned)
-            values["direction"] = self.ex.compute_direction(self.optimizer, self.group, share)
-            values.update({key: share.stack_state(key) for key in state})
-        block = self.layout.pack(values, bucket.momenta[0].device)
-        self.gathered = torch.empty(self.plan.world * block.numel(), dtype=torch.uint8, device=block.device)
-        self.handle = dist.all_gather_into_tensor(self.gathered, block, group=self.pg, async_op=True)
+            D = self.ex.compute_direction(self.optimizer, self.group, share)
+            if D.dtype != momentum.dtype or tuple(D.shape) != (len(owned), *bucket.shape):
+                raise RuntimeError(f"{type(self.optimizer).__name__}.direction returned {tuple(D.shape)} {D.dtype}, expected {(len(owned), *bucket.shape)} {momentum.dtype}")
+            if len(owned) == plan.slots and D.is_contiguous():
+                send = D  # a full share is sent as it is
+            values = {key: share.stack_state(key) for key in state}
+        if send is None:
+            send = momentum.new_zeros(plan.slots, *bucket.shape)
+            if len(owned):
+                send[: len(owned)] = D
+        self.gathered = momentum.new_empty(plan.world * plan.slots, *bucket.shape)
+        self.handle = dist.all_gather_into_tensor(self.gathered, send, group=self.pg, async_op=True)
+        self.state_handle = None
+        if state:
+            self.layout = Layout.of(state, plan.slots)
+            block = self.layout.pack(values, momentum.device)
+            self.state_gathered = torch.empty(plan.world * block.numel(), dtype=torch.uint8, device=block.device)
+            self.state_handle = dist.all_gather_into_tensor(self.state_gathered, block, group=self.pg, async_op=True)
 
     def finish(self) -> Tensor:
         self.handle.wait()
-        parts = self.layout.unpack(self.gathered, self.plan.world)
-        ranks, slots = (torch.tensor(x, device=self.gathered.device) for x in self.plan.slot_of())
-        for key, values in parts.items():
-            if key != "direction":
-                self.bucket.store_state(key, values[ranks, slots])
+        finish_state(self)
         self.optimizer.directions_done(self.group, self.bucket)
-        return parts["direction"][ranks, slots]
+        return self.plan.in_matrix_order(self.gathered)
+
+
+def finish_state(batch) -> None:
+    """Wait for the direction state of ``batch`` and store every matrix's entries."""
+    if batch.state_handle is None:
+        return
+    batch.state_handle.wait()
+    parts = batch.layout.unpack(batch.state_gathered, batch.plan.world)
+    for key, values in parts.items():
+        batch.bucket.store_state(key, batch.plan.in_matrix_order(values.flatten(0, 1)))

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..optim.base import Bucket, MatrixOptimizer
-from .ddp import share_of
+from .ddp import finish_state, share_of
 from .packing import Layout
 from .partition import Assignment
 
@@ -83,9 +83,8 @@ class ShardedBatch:
             whole = gather_rows(grads, bucket.shape[0], self.pg, plan.world)
             view = Bucket(bucket.shape, bucket.params, list(whole.unbind(0)), bucket.momenta, bucket.states, bucket.names)
             self.optimizer.prepare_directions(self.group, view)
-        ranks, slots = plan.slot_of()
         send = self.local.new_zeros(plan.world * plan.slots, self.mine, n)
-        send[[r * plan.slots + j for r, j in zip(ranks, slots)]] = self.local
+        send[plan.slot_index()] = self.local
         self.received = self.local.new_empty(plan.slots * bucket.shape[0] * n)
         self.handle = dist.all_to_all_single(
             self.received, send.reshape(-1),
@@ -106,8 +105,8 @@ class ShardedBatch:
         owned = plan.owned(rank)
         if len(owned):
             share = share_of(bucket, owned, momenta=list(whole[: len(owned)].unbind(0)), with_grads=False)
-            D[: len(owned)] = values["direction"] = self.ex.compute_direction(self.optimizer, self.group, share)
-            values.update({key: share.stack_state(key) for key in state})
+            D[: len(owned)] = self.ex.compute_direction(self.optimizer, self.group, share)
+            values = {key: share.stack_state(key) for key in state}
         send = torch.cat([D[:, a:b].reshape(-1) for a, b in self.rows])
         self.returned = D.new_empty(plan.world * plan.slots * self.mine * n)
         self.handle = dist.all_to_all_single(
@@ -120,20 +119,13 @@ class ShardedBatch:
         if state:
             self.layout = Layout.of(state, plan.slots)
             block = self.layout.pack(values, D.device)
-            self.gathered = torch.empty(plan.world * block.numel(), dtype=torch.uint8, device=D.device)
-            self.state_handle = dist.all_gather_into_tensor(self.gathered, block, group=self.pg, async_op=True)
+            self.state_gathered = torch.empty(plan.world * block.numel(), dtype=torch.uint8, device=D.device)
+            self.state_handle = dist.all_gather_into_tensor(self.state_gathered, block, group=self.pg, async_op=True)
 
     def finish(self) -> Tensor:
         plan, n = self.plan, self.bucket.shape[1]
-        ranks, slots = plan.slot_of()
-        index = torch.tensor([r * plan.slots + j for r, j in zip(ranks, slots)], device=self.returned.device)
         self.handle.wait()
-        D = self.returned.view(plan.world * plan.slots, self.mine, n)[index]
-        if self.state_handle is not None:
-            self.state_handle.wait()
-            parts = self.layout.unpack(self.gathered, plan.world)
-            r, j = torch.tensor(ranks, device=index.device), torch.tensor(slots, device=index.device)
-            for key, values in parts.items():
-                self.bucket.store_state(key, values[r, j])
+        D = plan.in_matrix_order(self.returned.view(plan.world * plan.slots, self.mine, n))
+        finish_state(self)
         self.optimizer.directions_done(self.group, self.bucket)
         return D

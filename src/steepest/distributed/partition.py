@@ -34,6 +34,28 @@ class Assignment:
         """The batch indices that ``rank`` computes."""
         return range(self.starts[rank], self.starts[rank] + self.counts[rank])
 
+    @property
+    def in_order(self) -> bool:
+        """Whether the real matrices fill the first ``k`` slots (no padding before the last one):
+        then the gathered slots are the batch, in order, without a copy."""
+        short = False
+        for c in self.counts:
+            if short and c:
+                return False
+            short = short or c < self.slots
+        return True
+
+    def slot_index(self) -> list[int]:
+        """Each matrix's position among the ``world·slots`` gathered slots."""
+        ranks, slots = self.slot_of()
+        return [r * self.slots + j for r, j in zip(ranks, slots)]
+
+    def in_matrix_order(self, gathered):
+        """The ``k`` real matrices of a ``(world·slots, …)`` gathered tensor, in batch order."""
+        if self.in_order:
+            return gathered[: self.k]
+        return gathered[self.slot_index()]
+
     def slot_of(self) -> tuple[list[int], list[int]]:
         """For each matrix of the batch (in order): its owner rank and its slot on that rank."""
         ranks, slots = [], []
