@@ -6,13 +6,14 @@ from . import spawn, workers
 
 
 @pytest.fixture(scope="session")
-def runs():
+def runs(tmp_path_factory):
     """``{world: [rank 0's results, rank 1's, ...]}`` of :func:`workers.scenarios`, spawned lazily."""
     cache = {}
 
     def get(world: int) -> list[dict]:
         if world not in cache:
-            cache[world] = spawn.run(workers.scenarios, world)
+            path = str(tmp_path_factory.mktemp(f"world{world}") / "checkpoint")
+            cache[world] = spawn.run(workers.scenarios, world, path)
         return cache[world]
 
     return get

@@ -53,3 +53,11 @@ def test_ddp_training_like_the_harness(runs):
         assert result["setting"] == "ddp"
         assert result["diff"] <= 1e-6
         assert result["state_equal"]
+
+
+def test_rank0_torch_save_checkpoint_resumes_exactly(runs):
+    """The harness saves ``opt.state_dict()`` on rank 0 only (the state is replicated) and every
+    rank loads it: the resumed run equals the uninterrupted one."""
+    for rank, out in enumerate(runs(2)):
+        for name, diff in out["rank0_checkpoint"].items():
+            assert diff <= 1e-6, f"rank {rank}, {name}: {diff}"

@@ -124,6 +124,39 @@ def ddp_parity(rank: int, world: int, names: list[str]) -> dict:
     return out
 
 
+def rank0_checkpoint(rank: int, world: int, path: str) -> dict:
+    """The harness's checkpoints under DDP: rank 0 alone ``torch.save``s ``opt.state_dict()``,
+    every rank loads it into a fresh optimizer and continues; equal to the uninterrupted run."""
+    out = {}
+    for name in ["neon-fstar", "shampoo", "newton-muon"]:
+        straight = make_net()
+        opt = build(name, straight)
+        for t in range(4):
+            opt.zero_grad()
+            loss_of(straight, t).backward()
+            opt.step()
+        model = make_net()
+        opt = build(name, model)
+        for t in range(2):
+            opt.zero_grad()
+            loss_of(model, t).backward()
+            opt.step()
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, f"{path}-{name}")
+        dist.barrier()
+        ckpt = torch.load(f"{path}-{name}", weights_only=True)
+        model = make_net()
+        opt = build(name, model)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        for t in range(2, 4):
+            opt.zero_grad()
+            loss_of(model, t).backward()
+            opt.step()
+        out[name] = max_rel_diff(model, straight)
+    return out
+
+
 def count_directions(opt) -> list:
     """Wrap ``opt.direction`` to record ``(shape, matrices)`` of every call on this rank."""
     computed = []
@@ -309,7 +342,7 @@ MATRIX_NAMES = ["muon", "neon-nuclear", "neon-fstar", "neon-fstar-dense", "newto
 NEON_NAMES = ["neon-nuclear", "neon-fstar"]
 
 
-def scenarios(rank: int, world: int) -> dict:
+def scenarios(rank: int, world: int, checkpoint_path: str) -> dict:
     out = {
         "ddp": ddp_parity(rank, world, MATRIX_NAMES),
         "fsdp": fsdp_parity(rank, world, MATRIX_NAMES, "all_to_all"),
@@ -318,6 +351,7 @@ def scenarios(rank: int, world: int) -> dict:
     }
     if world == 2:
         out["ddp_training"] = ddp_training(rank, world)
+        out["rank0_checkpoint"] = rank0_checkpoint(rank, world, checkpoint_path)
         out["mismatched_options"] = mismatched_options(rank, world)
         out["mismatched_model"] = mismatched_model(rank, world)
     return out

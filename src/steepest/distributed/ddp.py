@@ -5,10 +5,9 @@ same-shape matrices (:mod:`.partition`), rank ``r`` computes the directions of i
 and one asynchronous ``all_gather_into_tensor`` of ``slots`` directions per rank gives every rank
 the whole batch (when no rank before the last is short, the gathered buffer *is* the batch, with
 no copy); a second one, of bytes (:mod:`.packing`), carries the direction state that
-``direction`` wrote (Neon's basis and rank, Shampoo's roots) when there is any. So every rank has
-the directions to apply and the state to keep, so that every rank's optimizer
-state stays identical (``optimizer.state_dict()`` on rank 0 alone is a full checkpoint). The
-all-gather runs while the next batch is computed.
+``direction`` wrote (Neon's basis and rank, Shampoo's roots) when there is any. So every rank
+applies the same updates and keeps the same optimizer state (``optimizer.state_dict()`` on rank 0
+alone is a full checkpoint). The all-gathers run while the next batch is computed.
 
 Work that needs the gradients and that every rank can repeat cheaply runs on every rank before
 the split (``prepare_directions``: Shampoo's ``L``, ``R`` and grafting statistics), so that
@@ -92,5 +91,7 @@ def finish_state(batch) -> None:
         return
     batch.state_handle.wait()
     parts = batch.layout.unpack(batch.state_gathered, batch.plan.world)
+    index = batch.plan.slot_index()
     for key, values in parts.items():
-        batch.bucket.store_state(key, batch.plan.in_matrix_order(values.flatten(0, 1)))
+        # a copy: views of one byte buffer as several dtypes could not be torch.save'd together
+        batch.bucket.store_state(key, values.flatten(0, 1)[index])
