@@ -232,6 +232,7 @@ def simulate(args) -> None:
     share) against the whole step's directions, and print the bytes each rank would all-gather."""
     world = args.simulate
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = gpt2_matrices(args.layers, args.width).to(device)
     cls, options = OPTIMIZERS[args.optimizer]

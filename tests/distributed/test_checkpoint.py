@@ -14,6 +14,8 @@ import torch
 
 from . import spawn, workers
 
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):

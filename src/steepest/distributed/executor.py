@@ -71,10 +71,11 @@ class DistributedExecutor:
     ``rows`` the row-shard rows that the Krylov path iterated); the tests read it.
     """
 
-    # Crossover of the Neon strategies, measured by benchmarks/distributed.py (docs/distributed.md):
-    # the Krylov path pays ~4 latency-bound collectives per iteration, the all-to-all path moves
-    # 2·m·n numbers per matrix. Krylov wins once a matrix has more than this many entries.
-    KRYLOV_MIN_ENTRIES = 64 * 64
+    # Crossover of the Neon strategies, measured by benchmarks/distributed.py (docs/distributed.md;
+    # 2 ranks, gloo, CPU): the Krylov path pays ~4 latency-bound collectives per iteration and
+    # repeats the small QR/SVD on every rank, the all-to-all path moves 2·m·n numbers per matrix.
+    # Equal at GPT-2 shapes of width 384 (147K and 590K entries), Krylov 25-70% faster from 512 on.
+    KRYLOV_MIN_ENTRIES = 2**18
 
     def __init__(self, process_group=None, *, neon: str = "auto") -> None:
         if neon not in NEON_STRATEGIES:
