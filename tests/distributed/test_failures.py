@@ -4,8 +4,6 @@ cases must end with a clear error (or a consistent step) well before it."""
 
 import pytest
 
-from . import workers
-
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_none_gradient_on_one_rank_does_not_deadlock(runs, world):
