@@ -332,15 +332,16 @@ _MATRIX = ("muon", "torch-muon", "newton-muon")
 
 
 def _lrs(
-    sgd: float, adamw: float, muon: float, shampoo: float, sign: float, nuclear: float | None = None, fstar: float | None = None
+    sgd: float, adamw: float, muon: float, shampoo: float, sign: float, nuclear: float | None = None, fstar: float | None = None,
+    drop: float | None = None,
 ) -> dict[str, float]:
-    """Per-optimizer defaults of a task; Neon left out falls back to its registered default."""
+    """Per-optimizer defaults of a task; Neon left out falls back to its registered default
+    (``drop``: both Neon variants with sigma dropped)."""
     lrs = {"sgd": sgd, "adamw": adamw, "shampoo": shampoo, "sign": sign}
     lrs.update({n: muon for n in _MATRIX})
-    if nuclear is not None:
-        lrs["neon-nuclear"] = nuclear
-    if fstar is not None:
-        lrs["neon-fstar"] = fstar
+    for name, value in (("neon-nuclear", nuclear), ("neon-fstar", fstar), ("neon-nuclear-drop", drop), ("neon-fstar-drop", drop)):
+        if value is not None:
+            lrs[name] = value
     return lrs
 
 
@@ -367,7 +368,7 @@ _register(Task(
     threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
     # From 1-seed sweeps at the default shape and steps (best final validation loss, rounded to
     # the safer side where the best sat next to divergence). Neon's rates are for sigma="keep".
-    lrs=_lrs(sgd=0.1, adamw=1e-2, muon=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.1, adamw=1e-2, muon=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0, drop=0.3), adamw_lr=3e-3,
     model_sizes={"default": dict(width=128, depth=2), "tiny": dict(width=16, depth=2)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
 ))  # fmt: skip
@@ -378,7 +379,7 @@ _register(Task(
     build_problem=_digits_problem, build_model=_digits_resnet,
     steps=300, batch_size=128, eval_every=20, seeds=3,
     threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
-    lrs=_lrs(sgd=0.1, adamw=3e-3, muon=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.1, adamw=3e-3, muon=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0, drop=0.1), adamw_lr=3e-3,
     model_sizes={"default": dict(width=32), "tiny": dict(width=4)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
 ))  # fmt: skip

@@ -11,10 +11,17 @@ Each step, per param group:
 
 No step reads a device value back to the host except ``nonfinite="raise"`` (one read per step)
 and what the subclasses document.
+
+Where step 4's directions are computed is the optimizer's :attr:`~MatrixOptimizer.executor`: this
+process (:class:`LocalExecutor`), or, when a process group with several ranks is initialised,
+split across the ranks (:mod:`steepest.distributed`, chosen on the first step). DTensor (FSDP2)
+parameters are updated through their local shards.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter"]
+__all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "local_tensor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter"]
 
 NONFINITE_MODES = ("raise", "skip", "ignore")
 
@@ -41,6 +48,12 @@ class Bucket:
     momenta: list[Tensor]
     states: list[dict]
     names: list[str]
+    batch: "Bucket | None" = None  # the whole same-shape batch, when this bucket is one rank's share of it
+
+    @property
+    def whole(self) -> "Bucket":
+        """The whole batch: per-batch decisions (Neon's block width) are taken on it."""
+        return self if self.batch is None else self.batch
 
     def stack(self, tensors: list[Tensor] | None = None) -> Tensor:
         """The momenta (or ``tensors``) as one ``(k, m, n)`` stack."""
@@ -55,11 +68,40 @@ class Bucket:
             s[key] = v
 
 
+def local_tensor(t: Tensor) -> Tensor:
+    """A DTensor's local shard (a view: in-place updates write the DTensor), else ``t`` itself."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # no DTensor exists until it is imported
+    if dtensor is not None and isinstance(t, dtensor.DTensor):
+        return t.to_local()
+    return t
+
+
 class LocalExecutor:
-    """Computes every bucket's direction in this process (the single-process path)."""
+    """Computes every bucket's direction in this process (the single-process path).
+
+    The distributed executors (:mod:`steepest.distributed`) implement the same four methods with
+    collectives, so that the ranks agree on which matrices step and split the direction work.
+    """
+
+    def participating(self, optimizer: "MatrixOptimizer", group: dict) -> list[bool]:
+        """Which parameters of ``group`` take part in this step: here, those with a gradient."""
+        return [p.grad is not None for p in group["params"]]
+
+    def any_across_ranks(self, flags: Tensor) -> Tensor:
+        """Element-wise OR of a flag vector over the ranks (here: the flags)."""
+        return flags
+
+    def sum_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Each tensor summed over the ranks (here: the tensors)."""
+        return tensors
 
     def directions(self, optimizer: "MatrixOptimizer", group: dict, buckets: list[Bucket]) -> list[Tensor]:
-        return [optimizer.direction(group, bucket) for bucket in buckets]
+        out = []
+        for bucket in buckets:
+            optimizer.prepare_directions(group, bucket)
+            out.append(optimizer.direction(group, bucket))
+            optimizer.directions_done(group, bucket)
+        return out
 
 
 def _is_number(x: object) -> bool:
@@ -83,6 +125,7 @@ class MatrixOptimizer(Optimizer):
     """Base class: see the module docstring. Subclasses implement :meth:`direction`."""
 
     min_ndim = 2
+    elementwise = False  # True: direction() acts entry by entry (computed locally, even distributed)
 
     def __init__(self, params, defaults: dict) -> None:
         super().__init__(params, defaults)
@@ -122,8 +165,21 @@ class MatrixOptimizer(Optimizer):
     # --- hooks for subclasses ----------------------------------------------------------------
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         """``D`` of shape ``(k, m, n)`` for the bucket's momenta (``bucket.stack()``); may read and
-        write the matrices' states (``bucket.states``)."""
+        write the matrices' states (``bucket.states``). Under a distributed executor ``bucket`` is
+        one rank's share of the batch (``bucket.whole`` is the batch) and holds no gradients."""
         raise NotImplementedError
+
+    def prepare_directions(self, group: dict, bucket: Bucket) -> None:
+        """Work on the whole batch that every rank repeats before the direction work is split:
+        state that needs the gradients (``bucket.grads``, whole matrices), e.g. Shampoo's statistics."""
+
+    def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per-matrix state entries that :meth:`direction` writes this step, as ``{key: (shape,
+        dtype)}``; a distributed executor copies them from the matrix's owner to every rank."""
+        return {}
+
+    def directions_done(self, group: dict, bucket: Bucket) -> None:
+        """Called once every matrix of the batch has its direction and state (on every rank)."""
 
     def lr_scale(self, group: dict, shape: tuple[int, int]) -> float:
         """Shape-dependent factor on the learning rate (Muon's ``√max(1, m/n)``)."""
@@ -144,7 +200,7 @@ class MatrixOptimizer(Optimizer):
         return cache[fn]
 
     def matrix_shape(self, p: Tensor) -> tuple[int, int]:
-        return (p.shape[0], p[0].numel()) if p.ndim >= 2 else (1, p.numel())
+        return (p.shape[0], math.prod(p.shape[1:])) if p.ndim >= 2 else (1, p.numel())
 
     # --- the step ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -159,11 +215,15 @@ class MatrixOptimizer(Optimizer):
         return loss
 
     def _gather(self, group: dict) -> tuple[list[Tensor], list[Tensor], list[dict], list[str]]:
+        """The group's stepping parameters (DTensors stay DTensors), their gradients (local shards),
+        states and names. A gradient that is ``None`` here but not on another rank counts as zero,
+        so that every rank steps the same matrices."""
         params, grads, states, names = [], [], [], []
+        present = self.executor.participating(self, group)
         for i, p in enumerate(group["params"]):
-            g = p.grad
-            if g is None:
+            if not present[i]:
                 continue
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
             name = self._param_name(group, i)
             if g.is_sparse:
                 raise ValueError(f"{type(self).__name__} does not support sparse gradients ({name}); use torch.optim.SparseAdam for sparse embeddings")
@@ -176,7 +236,7 @@ class MatrixOptimizer(Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             params.append(p)
-            grads.append(g)
+            grads.append(local_tensor(g))
             states.append(state)
             names.append(name)
         return params, grads, states, names
@@ -185,7 +245,9 @@ class MatrixOptimizer(Optimizer):
         mode = group["nonfinite"]
         if mode == "ignore":
             return None
+        grads = [g if g.numel() else g.new_zeros(1) for g in grads]  # a rank's shard may hold no rows
         bad = ~torch.isfinite(torch.stack([n.to(torch.float32) for n in torch._foreach_norm(grads, float("inf"))]))
+        bad = self.executor.any_across_ranks(bad)  # shards of one matrix live on several ranks
         if mode == "skip":
             return bad.any()
         if bool(bad.any()):  # the one host read of nonfinite="raise"
@@ -214,10 +276,13 @@ class MatrixOptimizer(Optimizer):
 
     @property
     def executor(self) -> "LocalExecutor":
-        """Where the bucket directions are computed: here, or split across ranks."""
+        """Where the bucket directions are computed: here, or split across ranks. Chosen on first
+        use by :func:`steepest.distributed.executor_for`; assign ``LocalExecutor()`` to opt out."""
         executor = getattr(self, "_executor", None)
         if executor is None:
-            executor = self._executor = LocalExecutor()
+            from ..distributed.detect import executor_for
+
+            executor = self._executor = executor_for(self)
         return executor
 
     @executor.setter
@@ -228,7 +293,7 @@ class MatrixOptimizer(Optimizer):
         mu = group["momentum"]
         if mu == 0:
             return grads
-        bufs = [s["momentum_buffer"] for s in states]
+        bufs = [local_tensor(s["momentum_buffer"]) for s in states]
         weight = 1 - mu if skip is None else (1 - mu) * (~skip).to(torch.float32)
         torch._foreach_lerp_(bufs, grads, weight)
         return torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
@@ -236,8 +301,9 @@ class MatrixOptimizer(Optimizer):
     def _buckets(self, params, grads, momenta, states, names) -> list[Bucket]:
         buckets: dict[tuple, Bucket] = {}
         for p, g, m, s, n in zip(params, grads, momenta, states, names):
-            shape = self.matrix_shape(p)
-            key = (shape, p.dtype, p.device)
+            shape = self.matrix_shape(p)  # a DTensor's global shape; its layout keeps it apart
+            layout = (p.device_mesh, tuple(p.placements)) if hasattr(p, "placements") else None
+            key = (shape, p.dtype, p.device, layout)
             if key not in buckets:
                 buckets[key] = Bucket(shape, [], [], [], [], [])
             b = buckets[key]
@@ -250,15 +316,16 @@ class MatrixOptimizer(Optimizer):
 
     def _apply(self, group: dict, bucket: Bucket, D: Tensor, skip: Tensor | None) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        updates = [d.view(p.shape) for d, p in zip(D.unbind(0), bucket.params)]
+        params = [local_tensor(p) for p in bucket.params]
+        updates = [d.view(p.shape) for d, p in zip(D.unbind(0), params)]
         scale = self.lr_scale(group, bucket.shape)
         if wd != 0:
             decay = 1 - lr * wd
             if skip is not None:
                 decay = torch.where(skip, 1.0, decay)
-            torch._foreach_mul_(bucket.params, decay)
+            torch._foreach_mul_(params, decay)
         if isinstance(lr, Tensor):
-            torch._foreach_add_(bucket.params, torch._foreach_mul(updates, -lr * scale))
+            torch._foreach_add_(params, torch._foreach_mul(updates, -lr * scale))
         else:
-            torch._foreach_add_(bucket.params, updates, alpha=-(lr * scale))
+            torch._foreach_add_(params, updates, alpha=-(lr * scale))
 

@@ -120,18 +120,30 @@ class Neon(MatrixOptimizer):
                 raise ValueError(f"{key} must be an integer >= {minimum}, got {v!r}")
         check_hyperparameter("dense_fraction", group["dense_fraction"], high=1.0)
 
+    def block_width(self, group: dict, bucket: Bucket) -> int:
+        """Columns of the iterated block, from the whole batch's previous F* rank."""
+        m, n = bucket.shape
+        rank = 1 if group["mode"] == "nuclear" else self._previous_rank(group, bucket.whole) + 1
+        return min(rank + group["oversample"], m, n)
+
+    def uses_dense_svd(self, group: dict, bucket: Bucket, width: int) -> bool:
+        return group["mode"] == "fstar" and width > group["dense_fraction"] * min(*bucket.shape)
+
+    def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        dtype = torch.float64 if bucket.params[0].dtype == torch.float64 else torch.float32
+        layout = {"basis": ((bucket.shape[1], self.block_width(group, bucket)), dtype)}
+        if group["mode"] == "fstar":
+            layout["rank"] = ((), torch.int64)
+        return layout
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         M = bucket.stack()
-        m, n = bucket.shape
-        warm = all("basis" in s for s in bucket.states)
-        if group["mode"] == "nuclear":
-            width = min(1 + group["oversample"], m, n)
-        else:
-            width = min(self._previous_rank(group, bucket) + 1 + group["oversample"], m, n)
-        dense = group["mode"] == "fstar" and width > group["dense_fraction"] * min(m, n)
-        if dense:
+        width = self.block_width(group, bucket)
+        if self.uses_dense_svd(group, bucket, width):
             D, V, rank = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"])
         else:
+            n = bucket.shape[1]
+            warm = all("basis" in s for s in bucket.whole.states)
             init = bucket.stack_state("basis") if warm else random_block(M.shape[:-2], n, width, dtype=_precision(M), device=M.device)
             iters = group["iters"] if warm else group["cold_iters"]
             step = nuclear_step if group["mode"] == "nuclear" else fstar_step
@@ -139,8 +151,15 @@ class Neon(MatrixOptimizer):
         bucket.store_state("basis", V)
         if rank is not None:
             bucket.store_state("rank", rank)
-            self._remember_rank(bucket, rank)
         return D.to(M.dtype)
+
+    def directions_done(self, group: dict, bucket: Bucket) -> None:
+        if group["mode"] == "fstar":
+            self._remember_rank(bucket, bucket.stack_state("rank"))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._pending_rank.clear()  # the ranks remembered before the load are not the loaded ones
 
     def _key(self, bucket: Bucket) -> tuple:
         return tuple(id(p) for p in bucket.params)

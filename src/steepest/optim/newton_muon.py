@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import check_hyperparameter
+from .base import LocalExecutor, check_hyperparameter
 from .muon import Muon
 
 __all__ = ["NewtonMuon"]
@@ -123,8 +123,9 @@ class NewtonMuon(Muon):
     def _refresh(self, params: list[Tensor], states: list[dict]) -> None:
         """EMA update of K from the collected inputs, then K⁻¹ (float32 Cholesky, batched per size)."""
         by_size: dict[tuple, list[int]] = {}
+        totals, counts = self._collected_inputs(params)
         for j, p in enumerate(params):
-            total, count = self._sums[p]
+            total, count = totals[j], counts[j]
             if total is not None and count > 0:
                 K = states[j]["input_moment"]
                 states[j]["input_moment"] = (1 - self.ema) * K + self.ema * (total / count)
@@ -139,6 +140,18 @@ class NewtonMuon(Muon):
             inverse = torch.where((info == 0)[:, None, None], torch.cholesky_inverse(chol), eye)
             for j, inv in zip(idx, inverse.unbind(0)):
                 states[j]["input_moment_inverse"] = inv
+
+    def _collected_inputs(self, params: list[Tensor]) -> tuple[list[Tensor | None], list[int]]:
+        """Each weight's ``ZᵀZ`` sum and input count since the last refresh, over all ranks: under
+        DDP/FSDP each rank sees its own batch, and every rank must build the same ``K``."""
+        totals = [self._sums[p][0] for p in params]
+        counts = [self._sums[p][1] for p in params]
+        if isinstance(self.executor, LocalExecutor):
+            return totals, counts
+        totals = [t if t is not None else torch.zeros(p.shape[1], p.shape[1], device=p.device) for t, p in zip(totals, params)]
+        count_tensor = torch.tensor(counts, dtype=torch.float64, device=totals[0].device)
+        *totals, count_tensor = self.executor.sum_across_ranks([*totals, count_tensor])
+        return totals, [int(c) for c in count_tensor.tolist()]
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -74,7 +74,10 @@ class Shampoo(MatrixOptimizer):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"update_every must be an integer >= 1, got {v!r}")
 
-    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+    def prepare_directions(self, group: dict, bucket: Bucket) -> None:
+        """The statistics, from the raw gradients: ``L``, ``R`` and Adam's ``v`` for grafting.
+        Under DDP every rank updates them (the gradients are replicated) and only the roots and
+        the preconditioning are split, so the statistics never travel."""
         G = bucket.stack(bucket.grads)
         m, n = bucket.shape
         dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
@@ -88,25 +91,38 @@ class Shampoo(MatrixOptimizer):
                     s["graft_t"] = torch.zeros((), dtype=dtype, device=G.device)  # on the device: no copy per step
         beta2 = group["beta2"]
         new = 1.0 if beta2 == 1.0 else 1.0 - beta2
-        L = bucket.stack_state("L") * beta2 + new * (Gc @ Gc.mT)
-        R = bucket.stack_state("R") * beta2 + new * (Gc.mT @ Gc)
-        bucket.store_state("L", L)
-        bucket.store_state("R", R)
-        if int(bucket.states[0]["step"]) % group["update_every"] == 0 or "L_root" not in bucket.states[0]:
-            bucket.store_state("L_root", _inverse_fourth_root(L, group["eps"]))
-            bucket.store_state("R_root", _inverse_fourth_root(R, group["eps"]))
-        M = bucket.stack().to(dtype)
+        bucket.store_state("L", bucket.stack_state("L") * beta2 + new * (Gc @ Gc.mT))
+        bucket.store_state("R", bucket.stack_state("R") * beta2 + new * (Gc.mT @ Gc))
         if group["grafting"] == "adam":
-            t = bucket.stack_state("graft_t") + 1
-            bucket.store_state("graft_t", t)
-            D, v = self.math(group, grafted_step)(
-                bucket.stack_state("L_root"), M, bucket.stack_state("R_root"), Gc, bucket.stack_state("graft_v"), t,
-                group["graft_beta2"], group["graft_eps"],
+            b2 = group["graft_beta2"]
+            bucket.store_state("graft_v", bucket.stack_state("graft_v").mul_(b2).addcmul_(Gc, Gc, value=1 - b2))
+            bucket.store_state("graft_t", bucket.stack_state("graft_t") + 1)
+
+    def _refresh_roots(self, group: dict, bucket: Bucket) -> bool:
+        return int(bucket.states[0]["step"]) % group["update_every"] == 0 or "L_root" not in bucket.states[0]
+
+    def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if not self._refresh_roots(group, bucket):
+            return {}
+        m, n = bucket.shape
+        dtype = bucket.states[0]["L"].dtype
+        return {"L_root": ((m, m), dtype), "R_root": ((n, n), dtype)}
+
+    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+        """``g·L^{-1/4} M R^{-1/4}`` from the statistics of :meth:`prepare_directions`."""
+        if self._refresh_roots(group, bucket.whole):
+            bucket.store_state("L_root", _inverse_fourth_root(bucket.stack_state("L"), group["eps"]))
+            bucket.store_state("R_root", _inverse_fourth_root(bucket.stack_state("R"), group["eps"]))
+        M0 = bucket.stack()
+        M = M0.to(bucket.states[0]["L"].dtype)
+        if group["grafting"] == "adam":
+            D = self.math(group, grafted_step)(
+                bucket.stack_state("L_root"), M, bucket.stack_state("R_root"), bucket.stack_state("graft_v"),
+                bucket.stack_state("graft_t"), group["graft_beta2"], group["graft_eps"],
             )
-            bucket.store_state("graft_v", v)
         else:
             D = self.math(group, preconditioned)(bucket.stack_state("L_root"), M, bucket.stack_state("R_root"))
-        return D.to(G.dtype)
+        return D.to(M0.dtype)
 
 
 def preconditioned(L_root: Tensor, M: Tensor, R_root: Tensor) -> Tensor:
@@ -114,27 +130,33 @@ def preconditioned(L_root: Tensor, M: Tensor, R_root: Tensor) -> Tensor:
     return L_root @ M @ R_root
 
 
-def grafted_step(L_root: Tensor, M: Tensor, R_root: Tensor, G: Tensor, v: Tensor, t: Tensor, beta2: float, eps: float) -> tuple[Tensor, Tensor]:
-    """Shampoo's direction rescaled to the Frobenius norm of Adam's ``M/(√(v̂) + ε)``, and the new
-    second moment ``v ← β₂v + (1−β₂)G²``."""
+def grafted_step(L_root: Tensor, M: Tensor, R_root: Tensor, v: Tensor, t: Tensor, beta2: float, eps: float) -> Tensor:
+    """Shampoo's direction rescaled to the Frobenius norm of Adam's ``M/(√(v/(1−β₂ᵗ)) + ε)``."""
     D = L_root @ M @ R_root
-    v = v * beta2 + (1 - beta2) * G * G
     adam = M / ((v / (1 - beta2 ** t[:, None, None])).sqrt() + eps)
     norm_d = torch.linalg.vector_norm(D, dim=(-2, -1), keepdim=True)
     norm_a = torch.linalg.vector_norm(adam, dim=(-2, -1), keepdim=True)
     scale = torch.where(norm_d > 0, norm_a / norm_d.clamp(min=torch.finfo(D.dtype).tiny), torch.zeros_like(norm_d))
-    return D * scale, v
+    return D * scale
 
 
 def _inverse_fourth_root(A: Tensor, eps: float) -> Tensor:
-    """``(A + εI)^{-1/4}`` by batched eigh; float64 for the batch when float32 is too coarse."""
+    """``(A + εI)^{-1/4}`` by batched eigh; float64 for the matrices whose float32 eigenvalues are
+    too coarse. Each matrix's root is independent of the others in the batch (so a rank computing
+    a share of the batch gets the single-process numbers)."""
+    if A.dtype == torch.float64:
+        return _root_from_eigh(*torch.linalg.eigh(A), eps)
     lam, Q = torch.linalg.eigh(A.to(torch.float32))
+    root = _root_from_eigh(lam, Q, eps)
     lam = lam.clamp(min=0)
-    condition = (lam[..., -1] + eps) / (lam[..., 0] + eps)
-    if A.dtype == torch.float64 or bool((condition > FLOAT32_CONDITION_LIMIT).any()):
-        lam, Q = torch.linalg.eigh(A.to(torch.float64))
-        lam = lam.clamp(min=0)
-    lam = lam + eps
-    cutoff = A.shape[-1] * torch.finfo(lam.dtype).eps * lam[..., -1:]
+    coarse = (lam[..., -1] + eps) / (lam[..., 0] + eps) > FLOAT32_CONDITION_LIMIT
+    if bool(coarse.any()):
+        root[coarse] = _root_from_eigh(*torch.linalg.eigh(A[coarse].to(torch.float64)), eps).to(root.dtype)
+    return root.to(A.dtype)
+
+
+def _root_from_eigh(lam: Tensor, Q: Tensor, eps: float) -> Tensor:
+    lam = lam.clamp(min=0) + eps
+    cutoff = lam.shape[-1] * torch.finfo(lam.dtype).eps * lam[..., -1:]
     root = torch.where(lam > cutoff, lam.clamp(min=torch.finfo(lam.dtype).tiny) ** -0.25, torch.zeros_like(lam))
-    return ((Q * root.unsqueeze(-2)) @ Q.mT).to(A.dtype)
+    return (Q * root.unsqueeze(-2)) @ Q.mT

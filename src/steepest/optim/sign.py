@@ -22,6 +22,7 @@ class SignDescent(MatrixOptimizer):
     """
 
     min_ndim = 1
+    elementwise = True  # a shard's direction is the direction's shard: no need to split or gather
 
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0, nonfinite: str = "raise", compile: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, nonfinite=nonfinite, compile=compile))

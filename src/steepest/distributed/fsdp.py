@@ -1,0 +1,131 @@
+"""Row-sharded matrices (FSDP2 ``fully_shard``): all-to-all to whole matrices and back.
+
+``fully_shard`` keeps each parameter as a DTensor sharded by rows over a 1-D mesh (``Shard(0)``,
+``torch.chunk`` sizes: rank ``r`` holds rows ``r·c … (r+1)·c − 1``, ``c = ⌈m/W⌉``), and so are its
+gradient and momentum. For a batch of same-shape matrices split by :mod:`.partition`:
+
+1. one ``all_to_all_single`` sends every rank's row shards of each matrix to the matrix's owner,
+   who concatenates them into whole matrices (dion's FSDP2 path);
+2. the owner computes the directions of its share;
+3. a second ``all_to_all_single`` returns each rank its rows of every direction, and an
+   ``all_gather_into_tensor`` copies the direction state (Neon's basis, Shampoo's roots) to every
+   rank, as under DDP.
+
+The momenta of every batch travel first (all asynchronous), so the transfers overlap the
+computation of the batches before them. An optimizer whose ``prepare_directions`` needs the
+gradients (Shampoo's statistics) gets them whole by one all-gather of the row shards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..optim.base import Bucket, MatrixOptimizer
+from .ddp import finish_state, share_of
+from .packing import Layout
+from .partition import Assignment
+
+__all__ = ["ShardedBatch", "row_ranges", "check_row_sharded", "gather_rows"]
+
+
+def row_ranges(m: int, world: int) -> list[tuple[int, int]]:
+    """Each rank's rows ``[start, stop)`` of an ``m``-row matrix under ``Shard(0)``."""
+    chunk = -(-m // world)
+    return [(min(r * chunk, m), min((r + 1) * chunk, m)) for r in range(world)]
+
+
+def check_row_sharded(p: Tensor, world: int) -> None:
+    """Only ``fully_shard``'s layout is supported: ``Shard(0)`` on a 1-D mesh of all the ranks."""
+    from torch.distributed.tensor import Shard
+
+    mesh, placements = p.device_mesh, tuple(p.placements)
+    if mesh.ndim != 1 or placements != (Shard(0),) or mesh.size() != world:
+        raise NotImplementedError(
+            f"steepest updates DTensor parameters sharded by rows over all ranks (fully_shard's default, "
+            f"Shard(0) on a 1-D mesh of {world}); got placements {placements} on a mesh of shape "
+            f"{tuple(mesh.shape)}. For HSDP (2-D meshes) or other placements, shard with fully_shard's defaults."
+        )
+
+
+def gather_rows(local: Tensor, m: int, process_group, world: int) -> Tensor:
+    """Whole matrices ``(k, m, n)`` from every rank's row shards ``(k, rows, n)`` (one all-gather of
+    shards padded to ``⌈m/W⌉`` rows)."""
+    k, rows, n = local.shape
+    chunk = -(-m // world)
+    padded = local.new_zeros(k, chunk, n)
+    padded[:, :rows] = local
+    out = local.new_empty(world * k * chunk * n)
+    dist.all_gather_into_tensor(out, padded.reshape(-1), group=process_group)
+    return out.view(world, k, chunk, n).transpose(0, 1).reshape(k, world * chunk, n)[:, :m]
+
+
+def _overrides(optimizer: MatrixOptimizer, name: str) -> bool:
+    return getattr(type(optimizer), name) is not getattr(MatrixOptimizer, name)
+
+
+class ShardedBatch:
+    """One batch of row-sharded matrices, moved whole to their owners and back (see module doc)."""
+
+    def __init__(self, executor, optimizer, group: dict, bucket: Bucket, plan: Assignment, process_group) -> None:
+        self.ex, self.optimizer, self.group, self.bucket, self.plan, self.pg = executor, optimizer, group, bucket, plan, process_group
+        m, n = bucket.shape
+        self.rows = row_ranges(m, plan.world)
+        start, stop = self.rows[executor.rank]
+        self.mine = stop - start
+        self.local = torch.stack([t.reshape(self.mine, n) for t in bucket.momenta])  # (k, rows, n)
+
+    def start(self) -> None:
+        bucket, plan, n = self.bucket, self.plan, self.bucket.shape[1]
+        if _overrides(self.optimizer, "prepare_directions"):
+            grads = torch.stack([g.reshape(self.mine, n) for g in bucket.grads])
+            whole = gather_rows(grads, bucket.shape[0], self.pg, plan.world)
+            view = Bucket(bucket.shape, bucket.params, list(whole.unbind(0)), bucket.momenta, bucket.states, bucket.names)
+            self.optimizer.prepare_directions(self.group, view)
+        send = self.local.new_zeros(plan.world * plan.slots, self.mine, n)
+        send[plan.slot_index()] = self.local
+        self.received = self.local.new_empty(plan.slots * bucket.shape[0] * n)
+        self.handle = dist.all_to_all_single(
+            self.received, send.reshape(-1),
+            output_split_sizes=[plan.slots * (b - a) * n for a, b in self.rows],
+            input_split_sizes=[plan.slots * self.mine * n] * plan.world,
+            group=self.pg, async_op=True,
+        )  # fmt: skip
+
+    def compute(self) -> None:
+        bucket, plan, rank = self.bucket, self.plan, self.ex.rank
+        m, n = bucket.shape
+        state = self.optimizer.direction_state(self.group, bucket)
+        self.handle.wait()
+        pieces = self.received.split([plan.slots * (b - a) * n for a, b in self.rows])
+        whole = torch.cat([p.view(plan.slots, b - a, n) for p, (a, b) in zip(pieces, self.rows)], dim=1)
+        D = whole.new_zeros(plan.slots, m, n)
+        values = {}
+        owned = plan.owned(rank)
+        if len(owned):
+            share = share_of(bucket, owned, momenta=list(whole[: len(owned)].unbind(0)), with_grads=False)
+            D[: len(owned)] = self.ex.compute_direction(self.optimizer, self.group, share)
+            values = {key: share.stack_state(key) for key in state}
+        send = torch.cat([D[:, a:b].reshape(-1) for a, b in self.rows])
+        self.returned = D.new_empty(plan.world * plan.slots * self.mine * n)
+        self.handle = dist.all_to_all_single(
+            self.returned, send,
+            output_split_sizes=[plan.slots * self.mine * n] * plan.world,
+            input_split_sizes=[plan.slots * (b - a) * n for a, b in self.rows],
+            group=self.pg, async_op=True,
+        )  # fmt: skip
+        self.state_handle = None
+        if state:
+            self.layout = Layout.of(state, plan.slots)
+            block = self.layout.pack(values, D.device)
+            self.state_gathered = torch.empty(plan.world * block.numel(), dtype=torch.uint8, device=D.device)
+            self.state_handle = dist.all_gather_into_tensor(self.state_gathered, block, group=self.pg, async_op=True)
+
+    def finish(self) -> Tensor:
+        plan, n = self.plan, self.bucket.shape[1]
+        self.handle.wait()
+        D = plan.in_matrix_order(self.returned.view(plan.world * plan.slots, self.mine, n))
+        finish_state(self)
+        self.optimizer.directions_done(self.group, self.bucket)
+        return D

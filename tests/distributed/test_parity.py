@@ -1,0 +1,63 @@
+"""DDP and FSDP2 steps equal the single-process steps, for every matrix optimizer.
+
+Every rank builds the same gradients (the same batch, or the reference run's gradients written
+into the FSDP2 row shards) and runs 4 steps; the single-process reference is the same optimizer
+on the local executor, in the same process. Tolerance, on the worst ``max|ΔW| / max|W|`` over
+the matrices: 1e-6 (float32 rounding; no reduction touches these numbers, and on this machine
+they come out bit-identical), except Newton-Muon, whose input second moments are summed over the
+ranks (1e-4: that sum's order differs from one process's), and Neon on row shards (the Krylov
+path sums its products over ranks and chooses other QR bases: 1e-5).
+"""
+
+import pytest
+
+from . import workers
+
+TOL = {"newton-muon": 1e-4}
+WORLDS = [2, 3]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("name", workers.MATRIX_NAMES)
+def test_ddp_matches_single_process(runs, world, name):
+    for rank, out in enumerate(runs(world)):
+        result = out["ddp"][name]
+        assert result["setting"] == "ddp"
+        assert result["diff"] <= TOL.get(name, 1e-6), f"rank {rank}: {result['diff']}"
+        assert result["state_equal"], f"rank {rank}'s optimizer state differs from rank 0's"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("name", workers.MATRIX_NAMES)
+def test_fsdp_matches_single_process(runs, world, name):
+    for rank, out in enumerate(runs(world)):
+        result = out["fsdp"][name]
+        assert result["momentum_is_dtensor"]
+        assert result["diff"] <= TOL.get(name, 1e-6), f"rank {rank}: {result['diff']}"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("name", workers.NEON_NAMES)
+def test_fsdp_neon_krylov_on_row_shards_matches_single_process(runs, world, name):
+    for rank, out in enumerate(runs(world)):
+        result = out["fsdp_krylov"][name]
+        assert result["diff"] <= 1e-5, f"rank {rank}: {result['diff']}"
+        assert result["computed"] == [], "the Krylov path must not move whole matrices"
+
+
+def test_ddp_training_like_the_harness(runs):
+    """build_optimizer before DDP wrapping, each rank its own batch: equal to one process on the
+    mean gradient, and every rank's state identical (rank 0's state_dict() is a full checkpoint)."""
+    for out in runs(2):
+        result = out["ddp_training"]
+        assert result["setting"] == "ddp"
+        assert result["diff"] <= 1e-6
+        assert result["state_equal"]
+
+
+def test_rank0_torch_save_checkpoint_resumes_exactly(runs):
+    """The harness saves ``opt.state_dict()`` on rank 0 only (the state is replicated) and every
+    rank loads it: the resumed run equals the uninterrupted one."""
+    for rank, out in enumerate(runs(2)):
+        for name, diff in out["rank0_checkpoint"].items():
+            assert diff <= 1e-6, f"rank {rank}, {name}: {diff}"

@@ -1,0 +1,94 @@
+"""The pieces that need no process group: the split plan, the byte packing, the row ranges, and
+the single-process default."""
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import steepest
+import steepest.distributed
+from steepest.distributed.fsdp import row_ranges
+from steepest.distributed.packing import Layout
+from steepest.distributed.partition import Assignment, assign
+from steepest.optim.base import LocalExecutor
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_plan_covers_every_matrix_once_in_padded_slots(world):
+    batches = [(5, 10.0), (3, 4.0), (1, 100.0), (48, 1.0), (12, 7.0), (2, 2.0)]
+    for (k, _), plan in zip(batches, assign(batches, world)):
+        assert plan.slots == max(1, math.ceil(k / world))
+        assert sum(plan.counts) == k and all(c in (plan.slots - 1, plan.slots) or k < world for c in plan.counts)
+        owned = [i for r in range(world) for i in plan.owned(r)]
+        assert owned == list(range(k))  # contiguous slices in rank order
+
+
+def test_plan_balances_flops_across_batches():
+    """Three single expensive matrices and 4 ranks: each lands on a different rank; the cheap
+    batch's short slots go to the ranks that already have work."""
+    plans = assign([(1, 100.0), (1, 100.0), (1, 100.0), (3, 1.0)], 4)
+    owners = [next(r for r in range(4) if p.counts[r]) for p in plans[:3]]
+    assert sorted(owners) == [0, 1, 2] or len(set(owners)) == 3
+    idle = ({0, 1, 2, 3} - set(owners)).pop()
+    assert plans[3].counts[idle] == 1
+
+
+def test_gathered_slots_in_batch_order():
+    """Padding only after the last real matrix: the gathered slots are the batch (a view)."""
+    assert assign([(4, 1.0)], 2)[0].in_order and assign([(5, 1.0)], 3)[0].in_order
+    plan = Assignment(k=3, world=2, slots=2, counts=(1, 2), starts=(0, 1))
+    assert not plan.in_order and plan.slot_index() == [0, 2, 3]
+    gathered = torch.arange(4)
+    assert plan.in_matrix_order(gathered).tolist() == [0, 2, 3]
+    assert assign([(4, 1.0)], 2)[0].in_matrix_order(gathered).data_ptr() == gathered.data_ptr()
+
+
+def test_plan_is_deterministic():
+    batches = [(7, 3.0), (2, 3.0), (9, 1.5)]
+    assert assign(batches, 3) == assign(list(batches), 3)
+
+
+def test_packing_round_trip_mixed_dtypes():
+    layout = Layout.of({"direction": ((3, 5), torch.bfloat16), "basis": ((5, 2), torch.float32), "rank": ((), torch.int64)}, slots=2)
+    values = {"direction": torch.randn(1, 3, 5).bfloat16(), "basis": torch.randn(1, 5, 2), "rank": torch.tensor([7])}
+    block = layout.pack(values, torch.device("cpu"))
+    assert block.numel() == layout.nbytes and layout.nbytes % 16 == 0
+    gathered = torch.cat([block, torch.zeros_like(block)])  # a 2-rank gather, rank 1 empty
+    parts = layout.unpack(gathered, world=2)
+    assert torch.equal(parts["direction"][0, 0], values["direction"][0])
+    assert torch.equal(parts["basis"][0, 0], values["basis"][0])
+    assert parts["rank"][0, 0].item() == 7 and parts["rank"].dtype == torch.int64
+    assert not parts["basis"][1].any() and not parts["direction"][0, 1].float().any()
+
+
+def test_packing_rejects_state_other_than_announced():
+    layout = Layout.of({"basis": ((5, 2), torch.float32)}, slots=1)
+    with pytest.raises(RuntimeError, match="announced"):
+        layout.pack({"basis": torch.randn(1, 5, 3)}, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 8, 12])
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_row_ranges_are_torch_chunk(m, world):
+    chunks = torch.arange(m).chunk(world)
+    expected = [(int(c[0]), int(c[-1]) + 1) for c in chunks] + [(m, m)] * (world - len(chunks))
+    assert row_ranges(m, world) == expected
+
+
+def test_no_process_group_uses_the_local_executor():
+    assert not dist.is_initialized()
+    model = torch.nn.Linear(4, 4)
+    opt = steepest.Muon([model.weight], lr=0.01)
+    assert steepest.distributed.setting(opt) == "local"
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert type(opt.executor) is LocalExecutor
+
+
+def test_world_size_one_uses_the_local_executor():
+    from . import spawn, workers
+
+    (result,) = spawn.run(workers.world_of_one, 1)
+    assert result == {"setting": "local", "executor": "LocalExecutor", "diff": 0.0}
