@@ -25,7 +25,7 @@ import torch
 from common import MATRIX_SETS, fmt, header, measure_peaks, time_fn
 
 import steepest
-from steepest.directions import msgn, top_singular
+from steepest.directions import msgn
 from steepest.directions.families import matrix_with_spectrum
 from steepest.directions.kernels import use_symmetric_kernel
 from steepest.directions.msgn import default_iteration_dtype

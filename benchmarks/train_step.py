@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> None:
 
         st_ms, n2 = time_fn(step, device, args.repeats, args.budget / 2)
         print(f"| {name} | {fmt(fb_ms)} | {fmt(st_ms)} | {100 * st_ms / (fb_ms + st_ms):.1f}% | {min(n1, n2)} |")
-        del model, opt, grads
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from torch import nn
 import steepest
 from steepest import CombinedOptimizer, Muon, NewtonMuon, split_parameters
 
-from .conftest import TinyConvNet, TinyLM
+from .conftest import TinyConvNet
 
 
 def names(pairs):

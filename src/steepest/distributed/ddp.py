@@ -71,18 +71,25 @@ class ReplicatedBatch:
                 send[: len(owned)] = D
         self.gathered = momentum.new_empty(plan.world * plan.slots, *bucket.shape)
         self.handle = dist.all_gather_into_tensor(self.gathered, send, group=self.pg, async_op=True)
-        self.state_handle = None
-        if state:
-            self.layout = Layout.of(state, plan.slots)
-            block = self.layout.pack(values, momentum.device)
-            self.state_gathered = torch.empty(plan.world * block.numel(), dtype=torch.uint8, device=block.device)
-            self.state_handle = dist.all_gather_into_tensor(self.state_gathered, block, group=self.pg, async_op=True)
+        start_state(self, state, values, momentum.device)
 
     def finish(self) -> Tensor:
         self.handle.wait()
         finish_state(self)
         self.optimizer.directions_done(self.group, self.bucket)
         return self.plan.in_matrix_order(self.gathered)
+
+
+def start_state(batch, state: dict, values: dict[str, Tensor], device: torch.device) -> None:
+    """Start the all-gather of the direction state that this rank computed (packed in one byte
+    buffer); :func:`finish_state` stores it."""
+    batch.state_handle = None
+    if not state:
+        return
+    batch.layout = Layout.of(state, batch.plan.slots)
+    block = batch.layout.pack(values, device)
+    batch.state_gathered = torch.empty(batch.plan.world * block.numel(), dtype=torch.uint8, device=block.device)
+    batch.state_handle = dist.all_gather_into_tensor(batch.state_gathered, block, group=batch.pg, async_op=True)
 
 
 def finish_state(batch) -> None:

@@ -23,8 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..optim.base import Bucket, MatrixOptimizer
-from .ddp import finish_state, share_of
-from .packing import Layout
+from .ddp import finish_state, share_of, start_state
 from .partition import Assignment
 
 __all__ = ["ShardedBatch", "row_ranges", "check_row_sharded", "gather_rows"]
@@ -115,12 +114,7 @@ class ShardedBatch:
             input_split_sizes=[plan.slots * (b - a) * n for a, b in self.rows],
             group=self.pg, async_op=True,
         )  # fmt: skip
-        self.state_handle = None
-        if state:
-            self.layout = Layout.of(state, plan.slots)
-            block = self.layout.pack(values, D.device)
-            self.state_gathered = torch.empty(plan.world * block.numel(), dtype=torch.uint8, device=D.device)
-            self.state_handle = dist.all_gather_into_tensor(self.state_gathered, block, group=self.pg, async_op=True)
+        start_state(self, state, values, D.device)
 
     def finish(self) -> Tensor:
         plan, n = self.plan, self.bucket.shape[1]
