@@ -168,6 +168,26 @@ def test_run_plot_report(capsys, tmp_path):
     assert "optimizer.step share" in report
 
 
+def test_thin_keeps_evaluations_and_every_nth_step(capsys, tmp_path):
+    argv = ["run", "--optimizers", "sgd", "--seeds", "1", "--steps", "23", "--eval-every", "5", "--out", str(tmp_path), *FAST, "--no-plots"]
+    assert main(argv) == 0
+    metrics = next(tmp_path.rglob("metrics.jsonl"))
+    before = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert main(["report", str(tmp_path)]) == 0
+    report = (tmp_path / "digits-mlp" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["thin", str(tmp_path), "--every", "4"]) == 0
+    after = [json.loads(line) for line in metrics.read_text().splitlines()]
+    evals = {r["step"] for r in before if "val_loss" in r}
+    assert evals == {0, 5, 10, 15, 20, 23}
+    assert [r["step"] for r in after] == sorted(evals | {4, 8, 12, 16})
+    assert f"kept {len(after)} of {len(before)}" in capsys.readouterr().out
+    assert [r for r in before if r["step"] in evals] == [r for r in after if r["step"] in evals]
+    assert main(["report", str(tmp_path)]) == 0  # the report needs only what thinning keeps
+    assert (tmp_path / "digits-mlp" / "report.md").read_text() == report
+    fails(capsys, ["thin", str(tmp_path), "--every", "0"], "--every")
+
+
 def test_plot_and_report_need_runs(capsys, tmp_path):
     fails(capsys, ["plot", str(tmp_path)], "no runs found")
     fails(capsys, ["report", str(tmp_path / "missing")], "does not exist")

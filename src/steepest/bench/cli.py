@@ -111,7 +111,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``steepest-bench`` argument parser."""
     p = _Parser(prog=PROG, description="Benchmark matrix-aware optimizers on small tasks.")
-    sub = p.add_subparsers(dest="command", metavar="{run,sweep,plot,report,list}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,sweep,plot,report,thin,list}", parser_class=_Parser)
 
     run = sub.add_parser("run", help="train optimizers on a task (no options: the default digits comparison)")
     run.add_argument("--optimizers", help="comma-separated optimizer names, or 'all' (default: the task's comparison)")
@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", help="an output folder (or one task's folder in it)")
     report.add_argument("--target-loss", type=float, help="validation loss target for the time-to-target column")
     report.add_argument("--target-acc", type=float, help="validation accuracy target for the time-to-target column")
+
+    thin = sub.add_parser("thin", help="shrink saved metrics for archiving (keeps evaluations and every N-th step)")
+    thin.add_argument("dir", help="an output folder (or one task's folder in it)")
+    thin.add_argument("--every", type=_positive_int, default=10, help="keep every N-th training record (default 10)")
 
     lst = sub.add_parser("list", help="tasks and optimizers, one line each")
     lst.add_argument("--task", help="show this task's default learning rate for each optimizer instead of the registry's")
@@ -404,6 +408,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_thin(args: argparse.Namespace) -> int:
+    from .results import thin_metrics
+
+    before, after = thin_metrics(args.dir, args.every)
+    if before == 0:
+        raise BenchError(f"no metrics found under {args.dir}")
+    print(f"kept {after} of {before} metric records under {args.dir}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from steepest.optim.build import OPTIMIZERS, optimizer_names
 
@@ -424,7 +438,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot, "report": cmd_report, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot, "report": cmd_report, "thin": cmd_thin, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,29 @@ def load_runs(root: str | os.PathLike, kind: str | None = None) -> list[Run]:
     return runs
 
 
+def thin_metrics(root: str | os.PathLike, every: int) -> tuple[int, int]:
+    """Shrink every run's ``metrics.jsonl`` under ``root`` for archiving: keep each evaluation
+    record, the first and the last record, and every ``every``-th training record (times are
+    cumulative, so nothing else changes). Returns the record counts before and after."""
+    if every < 1:
+        raise BenchError(f"--every must be >= 1, got {every}")
+    before = after = 0
+    for run in load_runs(root):
+        path = run.path / "metrics.jsonl"
+        if not path.exists():
+            continue
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = []
+        for i, line in enumerate(lines):
+            record = json.loads(line)
+            is_eval = any(k.startswith("val_") for k in record)
+            if is_eval or i in (0, len(lines) - 1) or int(record.get("step", 0)) % every == 0:
+                kept.append(line)
+        before, after = before + len(lines), after + len(kept)
+        path.write_text("\n".join(kept) + "\n")
+    return before, after
+
+
 def task_dir(run: Run) -> Path:
     """The ``OUT/<task>`` folder of a run (``.../[sweep/]<optimizer>/lr=<lr>/seed=<k>``)."""
     return run.path.parents[3] if run.config.kind == "sweep" else run.path.parents[2]
