@@ -49,13 +49,16 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, budget
     return 1e3 * statistics.median(times), n
 
 
-def measure_peaks(device: torch.device) -> dict[str, float]:
+def measure_peaks(device: torch.device, size: int | None = None) -> dict[str, float]:
     """The floor's two rates, measured in this run: matmul FLOP/s (an 8192³ bf16 product on CUDA; a
-    4096³ float32 product on CPU, the precision our CPU path computes in) and copy bandwidth."""
+    4096³ float32 product on CPU, the precision our CPU path computes in) and copy bandwidth.
+    ``size`` overrides the product's size (smoke tests)."""
     if device.type == "cuda":
-        size, dtype, copy_bytes = 8192, torch.bfloat16, 1 << 30
+        default, dtype, copy_bytes = 8192, torch.bfloat16, 1 << 30
     else:
-        size, dtype, copy_bytes = 4096, torch.float32, 1 << 28
+        default, dtype, copy_bytes = 4096, torch.float32, 1 << 28
+    size = size or default
+    copy_bytes = min(copy_bytes, 4 * size * size)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     ms, _ = time_fn(lambda: a @ b, device, repeats=5, budget_s=20, warmup=1)

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> str:
     shapes = MATRIX_SETS[args.set]
     gen = torch.Generator().manual_seed(0)
     base = {s: power_law_gradient(*s, gen, device) for s in sorted(set(shapes))}
-    peaks = measure_peaks(device)
+    peaks = measure_peaks(device, args.peak_size)
     ns_dtype = default_iteration_dtype(device)
     total_elements = sum(m * n for m, n in shapes)
     lines = [
@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", choices=sorted(MATRIX_SETS), default=None, help="matrix set (default: gpt2-small on CUDA, gpt2-width128 on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--peak-size", type=int, default=None, help="size of the product that measures the matmul peak (default 8192 on CUDA, 4096 on CPU)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per row before repeats are cut (default 30)")
     parser.add_argument("--rows", default="", help="comma-separated substrings of row names to run (default: all)")
     args = parser.parse_args(argv)

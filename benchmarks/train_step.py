@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="default 16 on CUDA, 4 on CPU")
     parser.add_argument("--vocab", type=int, default=65, help="character-level Shakespeare has 65 symbols")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--peak-size", type=int, default=None, help="size of the product that measures the matmul peak (default 8192 on CUDA, 4096 on CPU)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per optimizer before repeats are cut")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(0, args.vocab, (batch, block), generator=gen).to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
-    peaks = measure_peaks(device)
+    peaks = measure_peaks(device, args.peak_size)
     print(header(device, peaks, f"Optimizer share of a training step: GPT {n_layer}×{args.n_embd} (heads {args.n_head}), batch {batch}×{block} tokens"))
     print("| optimizer | forward+backward ms | optimizer.step ms | step share | n |")
     print("|---|---|---|---|---|")
