@@ -19,7 +19,7 @@ class Shampoo(MatrixOptimizer):
     * ``L ← β₂L + GGᵀ``, ``R ← β₂R + GᵀG`` from the raw gradient every step (``beta2 = 1``: the
       seed's plain sums; ``< 1``: an EMA with weight ``1 − β₂`` on the new term);
     * the inverse fourth roots of ``L + εI``, ``R + εI`` are recomputed every ``update_every``
-      steps by a batched ``eigh`` in float32, redone in float64 for the buckets whose
+      steps by a batched ``eigh`` in float32, redone in float64 for the matrices whose
       ``(λ_max + ε)/(λ_min + ε)`` exceeds 1e6 (one host read on those steps only), and reused
       in between;
     * ``M`` is the (Nesterov) EMA momentum of ``G``, preconditioned every step;
