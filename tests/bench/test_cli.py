@@ -188,6 +188,17 @@ def test_thin_keeps_evaluations_and_every_nth_step(capsys, tmp_path):
     fails(capsys, ["thin", str(tmp_path), "--every", "0"], "--every")
 
 
+def test_plot_a_subset_under_a_name(capsys, tmp_path):
+    argv = ["run", "--optimizers", "sgd,adamw", "--seeds", "1", "--steps", "6", "--eval-every", "3", "--out", str(tmp_path), *FAST, "--no-plots"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path), "--optimizers", "sgd", "--name", "claim1"]) == 0
+    assert (tmp_path / "digits-mlp" / "claim1-validation.png").stat().st_size > 1000
+    assert not (tmp_path / "digits-mlp" / "validation.png").exists()
+    fails(capsys, ["plot", str(tmp_path), "--optimizers", "muon"], "no runs of muon")
+    fails(capsys, ["plot", str(tmp_path), "--name", "a/b"], "--name must be")
+
+
 def test_plot_and_report_need_runs(capsys, tmp_path):
     fails(capsys, ["plot", str(tmp_path)], "no runs found")
     fails(capsys, ["report", str(tmp_path / "missing")], "does not exist")

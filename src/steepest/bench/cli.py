@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="figures (PNG and SVG) from saved results")
     plot.add_argument("dir", help="an output folder (or one task's folder in it)")
+    plot.add_argument("--optimizers", help="comma-separated optimizers to draw (default: all that ran)")
+    plot.add_argument("--name", help="prefix of the figure files, e.g. 'claim1' gives claim1-validation.png")
 
     report = sub.add_parser("report", help="Markdown table from saved results")
     report.add_argument("dir", help="an output folder (or one task's folder in it)")
@@ -382,9 +385,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_results
     from .results import load_runs
 
-    if not load_runs(args.dir):
+    runs = load_runs(args.dir)
+    if not runs:
         raise BenchError(f"no runs found under {args.dir}")
-    for p in plot_results(args.dir):
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
+    if names:
+        missing = sorted(set(names) - {r.config.optimizer for r in runs})
+        if missing:
+            raise BenchError(f"no runs of {', '.join(missing)} under {args.dir}")
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        raise BenchError(f"--name must be letters, digits, '.', '_' or '-', got {args.name!r}")
+    for p in plot_results(args.dir, names, args.name):
         print(f"wrote {p}")
     return 0
 

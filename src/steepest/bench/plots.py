@@ -32,8 +32,13 @@ def _pyplot():
 
 
 def _colors(names: list[str]) -> dict[str, str]:
-    palette = [f"C{i}" for i in range(10)]
-    return {n: palette[i % 10] for i, n in enumerate(sorted(set(names)))}
+    """One colour per optimizer, fixed by its place in the registry, so that an optimizer keeps its
+    colour across figures with different subsets."""
+    from steepest.optim.build import OPTIMIZERS
+
+    order = {n: i for i, n in enumerate(OPTIMIZERS)}
+    palette = [f"C{i}" for i in range(10)] + ["#8c564b", "#17becf", "#bcbd22", "#7f7f7f"]
+    return {n: palette[order.get(n, len(order) + i) % len(palette)] for i, n in enumerate(sorted(set(names)))}
 
 
 def _ema(v: np.ndarray, beta: float) -> np.ndarray:
@@ -60,8 +65,9 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run]) -> list[Path]:
-    """Write the figures of one task into ``folder``; returns their paths."""
+def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefix: str = "") -> list[Path]:
+    """Write the figures of one task into ``folder`` (file names start with ``prefix``); returns
+    their paths."""
     plt = _pyplot()
     written: list[Path] = []
     groups = group_runs(runs)
@@ -101,7 +107,7 @@ def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run]) -> li
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{task}: {seeds_note}")
         fig.tight_layout()
-        written += _save(fig, folder, "validation")
+        written += _save(fig, folder, prefix + "validation")
         plt.close(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
@@ -123,7 +129,7 @@ def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run]) -> li
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{task}: training loss, {seeds_note}")
         fig.tight_layout()
-        written += _save(fig, folder, "train_loss")
+        written += _save(fig, folder, prefix + "train_loss")
         plt.close(fig)
 
     if sweeps:
@@ -150,7 +156,7 @@ def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run]) -> li
         ax.legend(fontsize=8)
         ax.set_title(f"{task}: learning-rate sweep")
         fig.tight_layout()
-        written += _save(fig, folder, "sweep")
+        written += _save(fig, folder, prefix + "sweep")
         plt.close(fig)
     return written
 
@@ -170,9 +176,13 @@ def _loss_limits(ax) -> None:
         ax.set_ylim(lo / 1.1, top)
 
 
-def plot_results(root: str | os.PathLike) -> list[Path]:
-    """Figures for every task with runs under ``root`` (an output folder or one task's folder)."""
+def plot_results(root: str | os.PathLike, optimizers: list[str] | None = None, name: str | None = None) -> list[Path]:
+    """Figures for every task with runs under ``root`` (an output folder or one task's folder):
+    of the given ``optimizers`` only, when given, into files named ``<name>-validation.png`` etc.
+    when ``name`` is given."""
     runs = load_runs(root)
+    if optimizers:
+        runs = [r for r in runs if r.config.optimizer in optimizers]
     by_task: dict[tuple[str, Path], tuple[list[Run], list[Run]]] = {}
     for r in runs:
         key = (r.config.task, task_dir(r))
@@ -180,5 +190,5 @@ def plot_results(root: str | os.PathLike) -> list[Path]:
         (sweep if r.config.kind == "sweep" else plain).append(r)
     written: list[Path] = []
     for (task, folder), (plain, sweep) in sorted(by_task.items()):
-        written += plot_task(folder, task, plain, sweep)
+        written += plot_task(folder, task, plain, sweep, prefix=f"{name}-" if name else "")
     return written
