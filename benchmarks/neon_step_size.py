@@ -26,9 +26,9 @@ from steepest.bench.tasks import get_task
 OPTIMIZERS = ("muon", "neon-nuclear", "neon-nuclear-drop", "neon-fstar", "neon-fstar-drop")
 
 
-def trace(task_name: str, optimizer: str, lr: float, seed: int = 0) -> tuple[dict[int, float], float]:
+def trace(task_name: str, optimizer: str, lr: float, steps: int | None = None, seed: int = 0) -> tuple[dict[int, float], float]:
     task = get_task(task_name)
-    cfg = task.config(optimizer, lr=lr, seed=seed, device="cpu")
+    cfg = task.config(optimizer, lr=lr, seed=seed, steps=steps, device="cpu")
     torch.manual_seed(seed)
     problem = task.build_problem(cfg, torch.device("cpu"))
     model = task.build_model(problem, cfg.model)
@@ -64,10 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="digits-cnn")
     parser.add_argument("--results", default="docs/results", help="where the sweeps are (rates fall back to the task's)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the task's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     task = get_task(args.task)
-    checkpoints = [1, task.steps // 10, task.steps // 4, task.steps // 2, task.steps - 1]
+    steps = args.steps or task.steps
+    checkpoints = sorted({1, steps // 10, steps // 4, steps // 2, steps - 1} - {0})
     print(f"{args.task}: median over hidden matrices of ‖ΔW‖₂ / η_t (the step per unit of learning rate)\n")
     print("| optimizer | lr | " + " | ".join(f"step {s}" for s in checkpoints) + " | last / first | final accuracy |")
     print("|---|---|" + "---|" * (len(checkpoints) + 2))
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception:  # no sweep folder: the task's default
             lr = None
         lr = lr if lr is not None else task.default_lr(name)
-        sizes, acc = trace(args.task, name, lr)
+        sizes, acc = trace(args.task, name, lr, args.steps)
         cells = [f"{sizes[s]:.3g}" if s in sizes else "–" for s in checkpoints]
         ratio = sizes[checkpoints[-1]] / sizes[checkpoints[0]]
         print(f"| {name} | {lr:g} | " + " | ".join(cells) + f" | {ratio:.2g} | {acc:.4f} |")

@@ -52,7 +52,7 @@ def test_distributed_benchmark():
 
 
 def test_neon_step_size_table(tmp_path):
-    out = run("neon_step_size.py", "--task", "digits-mlp", "--results", str(tmp_path))
+    out = run("neon_step_size.py", "--task", "digits-mlp", "--results", str(tmp_path), "--steps", "20")
     rows = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| ") and "optimizer" not in l}
     assert set(rows) >= {"muon", "neon-nuclear", "neon-nuclear-drop"}
     assert float(rows["neon-nuclear-drop"].split("|")[3]) == 1.0  # sigma dropped: ‖ΔW‖₂ = η exactly
