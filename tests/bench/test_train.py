@@ -214,3 +214,20 @@ def test_torchrun_with_batch_norm_model(tmp_path):
     _torchrun(["run", "--task", "digits-cnn", "--optimizers", "sgd", "--seeds", "1", "--steps", "2", "--batch-size", "32",
                "--model-size", "tiny", "--device", "cpu", "--quiet", "--no-plots", "--out", str(tmp_path)])  # fmt: skip
     assert json.loads(next(tmp_path.rglob("result.json")).read_text())["status"] == "completed"
+
+
+def test_run_reuses_a_completed_sweep_run_with_the_same_settings(request, tmp_path):
+    from dataclasses import replace
+
+    cfg = tiny_config(request, "digits-mlp", "muon", steps=6, eval_every=3)
+    sweep = train(replace(cfg, kind="sweep"), tmp_path, quiet=True)
+    fresh = train(cfg, tmp_path / "elsewhere", quiet=True)  # the same run, trained
+    reused = train(cfg, tmp_path, quiet=True)
+    assert reused.skipped and reused.path != sweep.path
+    config = json.loads((reused.path / "config.json").read_text())
+    assert config["run"]["kind"] == "run"
+    assert config["reused_from"] == str(sweep.path.relative_to(tmp_path))
+    assert losses(reused.path) == losses(sweep.path)
+    assert [(s, t) for s, t, _ in losses(reused.path)] == [(s, t) for s, t, _ in losses(fresh.path)]
+    other_seed = train(replace(cfg, seed=1), tmp_path, quiet=True)  # no twin: trained
+    assert not other_seed.skipped and "reused_from" not in json.loads((other_seed.path / "config.json").read_text())

@@ -107,6 +107,33 @@ def _plan(rd: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> str:
     raise BenchError(f"output folder {rd} holds an unfinished run; pass --resume to continue it or --overwrite to restart it")
 
 
+def _reuse_sweep_twin(out: str | os.PathLike, cfg: RunConfig, rd: Path) -> bool:
+    """Copy a completed sweep run with the same settings (same lr and seed) into ``rd``.
+
+    ``run --lr-from-sweep`` would otherwise retrain, bit for bit, the sweep's seed-0 run at the
+    chosen rate. The copy's ``config.json`` records ``reused_from``.
+    """
+    if cfg.kind != "run":
+        return False
+    twin = run_dir(out, RunConfig.from_dict({**cfg.to_dict(), "kind": "sweep"}))
+    if not (twin / RESULT).exists() or rd.exists():
+        return False
+    try:
+        saved = json.loads((twin / CONFIG).read_text())
+        old = RunConfig.from_dict(saved["run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if {k for k in cfg.diff(old) if k != "kind"}:
+        return False
+    rd.mkdir(parents=True)
+    for name in (METRICS, RESULT):
+        shutil.copy2(twin / name, rd / name)
+    saved["run"] = cfg.to_dict()
+    saved["reused_from"] = str(twin.relative_to(Path(out)))
+    _write_json(rd / CONFIG, saved)
+    return True
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -195,6 +222,8 @@ def train(
     device = ctx.device(cfg.device)
     rd = run_dir(out, cfg)
     action = _plan(rd, cfg, resume, overwrite)
+    if action == "fresh" and not overwrite and not ctx.active and _reuse_sweep_twin(out, cfg, rd):
+        action = "skip"
     if action == "skip":
         result = json.loads((rd / RESULT).read_text())
         return RunResult(cfg, rd, result["status"], result.get("message", ""), result.get("final", {}), skipped=True)
