@@ -33,8 +33,8 @@ def test_without_accumulation_equals_msgn(family):
     G = matrix_family(family)
     if family == "ill_conditioned":
         # σ down to 1e-6: GGᵀ has eigenvalues down to 1e-12 = κ² · eps64, so float64 eigh resolves
-        # the smallest ones only to ~1e-4 relative
-        tol = 1e-2
+        # the smallest ones only to ~1e-4 relative; their fourth roots enter D damped (measured ~1e-6)
+        tol = 1e-4
     else:
         tol = 1e-8
     D = shampoo_direction(G, G @ G.mT, G.mT @ G, eps=0.0)
