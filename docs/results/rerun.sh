@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The commands that produced the results in this folder (2 CPU cores: ~30 min for digits,
+# ~3.5 h for Shakespeare with two single-threaded runs at a time). Completed runs are skipped,
+# so an interrupted rerun picks up where it stopped (add --resume to continue a cut run).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=docs/results
+Q="--out $R --quiet --no-plots"
+ALL=muon,neon-nuclear,neon-fstar,neon-nuclear-drop,neon-fstar-drop,newton-muon,shampoo,sign,sgd,adamw
+
+# digits: each optimizer's default 5-rate sweep (a factor ~3 apart), extended where the best sat on the edge
+steepest-bench sweep --task digits-mlp --optimizer $ALL,torch-muon $Q
+steepest-bench sweep --task digits-mlp --optimizer neon-fstar --lrs 100,300 $Q
+steepest-bench run   --task digits-mlp --optimizers $ALL,torch-muon --seeds 3 --lr-from-sweep $R $Q
+steepest-bench sweep --task digits-cnn --optimizer $ALL $Q
+steepest-bench sweep --task digits-cnn --optimizer muon,newton-muon --lrs 1,3 $Q
+steepest-bench sweep --task digits-cnn --optimizer shampoo --lrs 0.3,1 $Q
+steepest-bench run   --task digits-cnn --optimizers $ALL --seeds 3 --lr-from-sweep $R $Q
+
+# shakespeare-gpt (small: 4 layers, width 128, context 128): 3-rate sweeps for the claims' optimizers,
+# then 3 seeds at the best rate; Neon's -drop variants swept once; sign, SGD, Shampoo once at the task's default rate.
+# Two streams of single-threaded runs share the 2 cores.
+S="--task shakespeare-gpt --threads 1 $Q"
+steepest-bench sweep $S --optimizer muon,newton-muon --lrs 0.00667,0.02,0.06
+steepest-bench sweep $S --optimizer neon-nuclear,neon-fstar --lrs 0.3,1,3,10    # 0.3 added: 1 was the edge
+steepest-bench sweep $S --optimizer adamw --lrs 1e-3,3e-3,1e-2
+steepest-bench run   $S --optimizers muon,newton-muon,neon-nuclear,neon-fstar,adamw --seeds 3 --lr-from-sweep $R
+steepest-bench sweep $S --optimizer neon-nuclear-drop,neon-fstar-drop --lrs 0.02,0.06,0.2
+steepest-bench run   $S --optimizers sign,sgd,shampoo --seeds 1     # the task's default rates, not swept (time)
+
+# Thin the metrics to every 10th step (evaluations kept) before committing: a few MB in all.
+steepest-bench thin $R --every 10
+bash $R/regenerate.sh
