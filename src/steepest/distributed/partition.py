@@ -103,7 +103,10 @@ def direction_flops(optimizer, group: dict, shape: tuple[int, int]) -> float:
         steps = group["ns_steps"] if group.get("msgn_method") != "svd" else 4
         return float(steps * (4 * a * a * b + 2 * a**3))
     if "mode" in group and "oversample" in group:  # Neon
-        width = min(a, (1 if group["mode"] == "nuclear" else group["initial_rank"] + 1) + group["oversample"])
+        from ..optim.neon import block_columns
+
+        rank = 1 if group["mode"] == "nuclear" else group["initial_rank"] + 1
+        width = block_columns(rank, group["oversample"], m, n)
         return float((group["iters"] + 1) * 4 * m * n * width + (m + n) * width**2)
     if "update_every" in group:  # Shampoo
         return float(2 * m * n * (m + n) + 10 * (m**3 + n**3) / group["update_every"])
