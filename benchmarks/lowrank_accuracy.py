@@ -10,8 +10,9 @@ and runs :func:`steepest.directions.top_singular` on them: cold (a fixed random 
 blocks of ``k + p`` columns (``p`` = 2, 8, 16). For the nuclear update (``k = 1``) and the F* update
 (``k = r + 1`` from the exact spectrum) it reports, over all matrices and captured steps, the median
 and worst of: σ relative error ``max_i |σ̂ᵢ − σᵢ|/σᵢ``, the subspace error ``sin θ_max(V̂, V)``, and
-the update's error ``‖D̂ − D‖_F/‖D‖_F``. Neon's defaults are p = 8 with 1 (nuclear) or 2 (F*) warm
-iterations.
+the update's error ``‖D̂ − D‖_F/‖D‖_F``. Neon's default block is ``k + 8`` rounded up to a multiple
+of 8 columns (:func:`steepest.optim.neon.block_columns`; 16 for nuclear), with 1 (nuclear) or 2 (F*)
+warm iterations: the rows labelled ``↑8``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from steepest.directions.fstar import fstar_threshold, soft_threshold_update
 from steepest.directions.lowrank import Triplets
 from steepest.directions.nuclear import rank_one
 from steepest.directions.reference import relative_error, svd64
+from steepest.optim.neon import block_columns
 
 COLD_ITERS = (1, 2, 4, 8)
 WARM_ITERS = (0, 1, 2)
 OVERSAMPLES = (2, 8, 16)
+DEFAULT_OVERSAMPLE = 8
+ROUNDED = -1  # key for Neon's default block: k + 8 rounded up to a multiple of 8
+DEFAULT_ITERS = {"nuclear": 1, "fstar": 2}
 COLD_OVERSAMPLE = 8
 
 
@@ -96,8 +101,8 @@ def study(captured: dict[str, list[torch.Tensor]]) -> dict[tuple[str, str, int, 
                 for M in mats:
                     t = top_singular(M, width, iters=iters, oversample=0, check_finite=False)
                     results.setdefault((mode, "cold", COLD_OVERSAMPLE, iters), []).append(errors(M.double(), t, k, mode))
-            for p in OVERSAMPLES:
-                width = min(k + p, limit)
+            for p in OVERSAMPLES + (ROUNDED,):
+                width = block_columns(k, DEFAULT_OVERSAMPLE, *mats[0].shape) if p == ROUNDED else min(k + p, limit)
                 for iters in WARM_ITERS:
                     V = top_singular(mats[0], width, iters=8, oversample=0, check_finite=False).V
                     for M in mats[1:]:
@@ -115,13 +120,18 @@ def table(task: str, captured: dict, results: dict) -> str:
         "| update | start | block k + p | iterations | σ rel. err median / worst | sin θ median / worst | D rel. err median / worst |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (mode, start, p, iters), vals in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    def order(key: tuple[str, str, int, int]) -> tuple:
+        mode, start, p, iters = key
+        return mode, start, float("inf") if p == ROUNDED else p, iters  # the default block sorts last
+
+    for (mode, start, p, iters), vals in sorted(results.items(), key=lambda kv: order(kv[0])):
         cols = []
         for j in range(3):
             xs = [v[j] for v in vals]
             cols.append(f"{statistics.median(xs):.1e} / {max(xs):.1e}")
-        default = " (default)" if start == "warm" and p == 8 and iters == (1 if mode == "nuclear" else 2) else ""
-        lines.append(f"| {mode} | {start} | k + {p} | {iters}{default} | " + " | ".join(cols) + " |")
+        default = " (default)" if p == ROUNDED and iters == DEFAULT_ITERS[mode] else ""
+        block = f"k + {DEFAULT_OVERSAMPLE} ↑8" if p == ROUNDED else f"k + {p}"
+        lines.append(f"| {mode} | {start} | {block} | {iters}{default} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
