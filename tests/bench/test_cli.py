@@ -194,9 +194,14 @@ def test_plot_a_subset_under_a_name(capsys, tmp_path):
     capsys.readouterr()
     assert main(["plot", str(tmp_path), "--optimizers", "sgd", "--name", "claim1"]) == 0
     assert (tmp_path / "digits-mlp" / "claim1-validation.png").stat().st_size > 1000
+    assert (tmp_path / "digits-mlp" / "claim1-validation.svg").stat().st_size > 1000
     assert not (tmp_path / "digits-mlp" / "validation.png").exists()
+    assert main(["plot", str(tmp_path), "--name", "pngonly", "--formats", "png"]) == 0
+    assert (tmp_path / "digits-mlp" / "pngonly-validation.png").exists()
+    assert not (tmp_path / "digits-mlp" / "pngonly-validation.svg").exists()
     fails(capsys, ["plot", str(tmp_path), "--optimizers", "muon"], "no runs of muon")
     fails(capsys, ["plot", str(tmp_path), "--name", "a/b"], "--name must be")
+    fails(capsys, ["plot", str(tmp_path), "--formats", "pdf"], "--formats takes png and/or svg")
 
 
 def test_plot_and_report_need_runs(capsys, tmp_path):

@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("dir", help="an output folder (or one task's folder in it)")
     plot.add_argument("--optimizers", help="comma-separated optimizers to draw (default: all that ran)")
     plot.add_argument("--name", help="prefix of the figure files, e.g. 'claim1' gives claim1-validation.png")
+    plot.add_argument("--formats", default="png,svg", help="comma-separated figure formats: png, svg (default: both)")
 
     report = sub.add_parser("report", help="Markdown table from saved results")
     report.add_argument("dir", help="an output folder (or one task's folder in it)")
@@ -382,7 +383,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_results
+    from .plots import FIGURE_FORMATS, plot_results
     from .results import load_runs
 
     runs = load_runs(args.dir)
@@ -395,7 +396,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise BenchError(f"no runs of {', '.join(missing)} under {args.dir}")
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         raise BenchError(f"--name must be letters, digits, '.', '_' or '-', got {args.name!r}")
-    for p in plot_results(args.dir, names, args.name):
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = sorted(set(formats) - set(FIGURE_FORMATS))
+    if unknown or not formats:
+        raise BenchError(f"--formats takes png and/or svg, got {args.formats!r}")
+    for p in plot_results(args.dir, names, args.name, formats):
         print(f"wrote {p}")
     return 0
 

@@ -56,18 +56,23 @@ def _band(ax, x: np.ndarray, c: Curve, color: str, label: str) -> None:
         ax.fill_between(x, c.low, c.high, color=color, alpha=0.2, lw=0)
 
 
-def _save(fig, folder: Path, stem: str) -> list[Path]:
+FIGURE_FORMATS = ("png", "svg")
+
+
+def _save(fig, folder: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
     paths = []
-    for ext in ("png", "svg"):
+    for ext in formats:
         p = folder / f"{stem}.{ext}"
         fig.savefig(p, dpi=130 if ext == "png" else None, bbox_inches="tight")
         paths.append(p)
     return paths
 
 
-def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefix: str = "") -> list[Path]:
-    """Write the figures of one task into ``folder`` (file names start with ``prefix``); returns
-    their paths."""
+def plot_task(
+    folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefix: str = "", formats: tuple[str, ...] = FIGURE_FORMATS
+) -> list[Path]:
+    """Write the figures of one task into ``folder`` (file names start with ``prefix``), one file
+    per format in ``formats``; returns their paths."""
     plt = _pyplot()
     written: list[Path] = []
     groups = group_runs(runs)
@@ -107,7 +112,7 @@ def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefi
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{task}: {seeds_note}")
         fig.tight_layout()
-        written += _save(fig, folder, prefix + "validation")
+        written += _save(fig, folder, prefix + "validation", formats)
         plt.close(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
@@ -129,7 +134,7 @@ def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefi
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{task}: training loss, {seeds_note}")
         fig.tight_layout()
-        written += _save(fig, folder, prefix + "train_loss")
+        written += _save(fig, folder, prefix + "train_loss", formats)
         plt.close(fig)
 
     if sweeps:
@@ -156,7 +161,7 @@ def plot_task(folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefi
         ax.legend(fontsize=8)
         ax.set_title(f"{task}: learning-rate sweep")
         fig.tight_layout()
-        written += _save(fig, folder, prefix + "sweep")
+        written += _save(fig, folder, prefix + "sweep", formats)
         plt.close(fig)
     return written
 
@@ -176,10 +181,15 @@ def _loss_limits(ax) -> None:
         ax.set_ylim(lo / 1.1, top)
 
 
-def plot_results(root: str | os.PathLike, optimizers: list[str] | None = None, name: str | None = None) -> list[Path]:
+def plot_results(
+    root: str | os.PathLike,
+    optimizers: list[str] | None = None,
+    name: str | None = None,
+    formats: tuple[str, ...] = FIGURE_FORMATS,
+) -> list[Path]:
     """Figures for every task with runs under ``root`` (an output folder or one task's folder):
     of the given ``optimizers`` only, when given, into files named ``<name>-validation.png`` etc.
-    when ``name`` is given."""
+    when ``name`` is given, in each of ``formats`` (``png``, ``svg``)."""
     runs = load_runs(root)
     if optimizers:
         runs = [r for r in runs if r.config.optimizer in optimizers]
@@ -190,5 +200,5 @@ def plot_results(root: str | os.PathLike, optimizers: list[str] | None = None, n
         (sweep if r.config.kind == "sweep" else plain).append(r)
     written: list[Path] = []
     for (task, folder), (plain, sweep) in sorted(by_task.items()):
-        written += plot_task(folder, task, plain, sweep, prefix=f"{name}-" if name else "")
+        written += plot_task(folder, task, plain, sweep, prefix=f"{name}-" if name else "", formats=formats)
     return written
