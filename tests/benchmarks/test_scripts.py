@@ -34,7 +34,10 @@ def test_train_step_table():
 
 def test_lowrank_accuracy_table():
     out = run("lowrank_accuracy.py", "--tasks", "digits-mlp", "--capture-at", "3", "--consecutive", "2")
-    assert "| nuclear | warm | k + 8 | 1 (default) |" in out
+    for prefix in ("| nuclear | warm | k + 8 ↑8 | 1 (default) |", "| fstar | warm | k + 8 ↑8 | 2 (default) |"):
+        line = next(l for l in out.splitlines() if l.startswith(prefix))
+        worst_sigma_error = float(line.split("|")[5].split("/")[1])
+        assert worst_sigma_error < 1e-2, line
 
 
 def test_shampoo_identity_table():
