@@ -30,6 +30,7 @@ from steepest.directions.families import matrix_with_spectrum
 from steepest.directions.kernels import use_symmetric_kernel
 from steepest.directions.msgn import default_iteration_dtype
 from steepest.directions.reference import reference_fstar, reference_msgn, reference_nuclear, relative_error
+from steepest.optim.neon import block_columns
 
 
 @dataclass
@@ -126,9 +127,9 @@ def build_rows(device: torch.device, ns_dtype: torch.dtype) -> list[Row]:
                       ours, msgn_accuracy("newton_schulz")),
         optimizer_row("steepest Muon, Polar Express", lambda ps: steepest.Muon(ps, momentum=mu), ours, msgn_accuracy("polar_express")),
         optimizer_row("steepest Neon nuclear", lambda ps: steepest.Neon(ps, mode="nuclear"),
-                      lambda m, n: lowrank_flops(m, n, 16, iters=1), neon_accuracy("nuclear"), note="block 16, 1 warm iteration"),
+                      lambda m, n: lowrank_flops(m, n, block_columns(1, 8, m, n), iters=1), neon_accuracy("nuclear"), note="block 16, 1 warm iteration"),
         optimizer_row("steepest Neon F*", lambda ps: steepest.Neon(ps, mode="fstar"),
-                      lambda m, n: lowrank_flops(m, n, 16, iters=2), neon_accuracy("fstar"),
+                      lambda m, n: lowrank_flops(m, n, block_columns(2, 8, m, n), iters=2), neon_accuracy("fstar"),
                       note="block 16 (r + 9 rounded up; r = 1 for σᵢ ∝ 1/i), 2 warm iterations"),
         optimizer_row("steepest NewtonMuon", _newton_muon, lambda m, n: ours(m, n) + 2 * m * n * n + 2 * n**3 / 32,
                       note="K⁻¹ refreshed every 32 steps (amortised)"),
