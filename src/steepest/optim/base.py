@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "local_tensor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter"]
+__all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "local_tensor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter", "restore_state_dtypes"]
 
 NONFINITE_MODES = ("raise", "skip", "ignore")
 
@@ -121,6 +121,22 @@ def check_hyperparameter(name: str, value: object, *, low: float = 0.0, high: fl
         raise ValueError(f"{name} must be in {bound}, got {value!r}")
 
 
+def restore_state_dtypes(optimizer: Optimizer, state_dict: dict) -> None:
+    """After ``optimizer.load_state_dict(state_dict)``: give every loaded state tensor whose dtype
+    torch changed its saved dtype back, copied from the saved tensor itself (no round trip through
+    the parameter's dtype), on the parameter's device."""
+    saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for saved_id, p in zip(saved_ids, params):
+        saved = state_dict["state"].get(saved_id)
+        if not saved or p not in optimizer.state:
+            continue
+        state = optimizer.state[p]
+        for key, value in saved.items():
+            if isinstance(value, Tensor) and key in state and state[key].dtype != value.dtype:
+                state[key] = value.to(device=state[key].device, copy=True)
+
+
 class MatrixOptimizer(Optimizer):
     """Base class: see the module docstring. Subclasses implement :meth:`direction`."""
 
@@ -129,6 +145,16 @@ class MatrixOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict) -> None:
         super().__init__(params, defaults)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As :meth:`torch.optim.Optimizer.load_state_dict`, but every state tensor keeps the dtype
+        it was saved with. torch casts floating-point state to its parameter's dtype, which would
+        turn a bf16 model's float32 statistics (Shampoo's ``L``, Neon's basis, Newton-Muon's
+        moments) into bf16 and its integer ranks into bf16; here they are copied again from the
+        saved tensors, so a bf16 resume is as exact as a float32 one."""
+        super().load_state_dict(state_dict)
+        restore_state_dtypes(self, state_dict)
 
     # --- construction and validation -------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
