@@ -30,7 +30,7 @@ def fails(capsys, argv: list[str], *fragments: str) -> str:
     """Run ``argv``; assert a non-zero exit with one line on stderr holding every fragment."""
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code not in (0, None)
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -85,7 +85,13 @@ def test_no_command_prints_help(capsys):
         (["run", "--resume", "--overwrite"], ["exclude each other"]),
         (["run", "--device", "tpu"], ["unknown device 'tpu'"]),
         (["run", "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["run", "--step", "10"], ["unrecognized arguments: --step 10", "did you mean --steps?"]),
+        (["sweep", "--optimizer", "sgd", "--lr", "0.1"], ["unrecognized arguments: --lr", "--lrs"]),
+        (["run", "--grad-clip", "nan"], ["--grad-clip", "finite"]),
+        (["run", "--resume"], ["--resume: nothing to resume", "digits-mlp", "drop --resume"]),
+        (["sweep", "--optimizer", "sgd", "--resume"], ["nothing to resume"]),
         (["frobnicate"], ["invalid choice"]),
+        (["report", "runs", "--target-acc", "95"], ["--target-acc", "[0, 1]"]),
     ],
 )
 def test_bad_input_gives_one_line_error(capsys, tmp_path, argv, fragments):
@@ -266,3 +272,93 @@ def test_optimizer_refusing_the_model_keeps_the_others(monkeypatch, capsys, tmp_
     assert len(err) == 1 and "optimizer sgd cannot train task digits-mlp" in err[0] and "2-D" in err[0]
     assert not (tmp_path / "digits-mlp" / "sgd").exists()
     assert len(list((tmp_path / "digits-mlp" / "adamw").rglob("result.json"))) == 2
+
+
+def test_out_under_a_file_fails_before_loading(monkeypatch, capsys, tmp_path):
+    import steepest.bench.train as train_module
+
+    def no_training(*a, **k):
+        raise AssertionError("--out must be checked before any data or model loads")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    (tmp_path / "file").write_text("x")
+    for command in (["run"], ["sweep", "--optimizer", "sgd"]):
+        line = fails(capsys, [*command, "--out", str(tmp_path / "file" / "sub"), *FAST], "--out", "is a file", "choose another --out")
+        assert str(tmp_path / "file") in line
+
+
+def test_resume_starts_the_runs_that_never_started(capsys, tmp_path):
+    base = ["run", "--seeds", "1", "--steps", "3", "--no-plots", "--out", str(tmp_path), *FAST]
+    assert main([*base, "--optimizers", "sgd"]) == 0
+    assert main([*base, "--optimizers", "sgd,adamw", "--resume"]) == 0
+    assert (tmp_path / "digits-mlp" / "adamw").is_dir()
+
+
+def _unavailable(monkeypatch, name: str) -> None:
+    import dataclasses
+
+    import steepest.optim.build as build
+
+    monkeypatch.setitem(build.OPTIMIZERS, name, dataclasses.replace(build.OPTIMIZERS[name], available=lambda: False))
+
+
+def test_missing_peer_names_the_extra(monkeypatch, capsys, tmp_path):
+    _unavailable(monkeypatch, "heavyball-muon")
+    assert main(["list"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("  heavyball-muon "))
+    assert 'not installed: pip install -e ".[peers]"' in line
+    fails(capsys, ["run", "--optimizers", "heavyball-muon", "--out", str(tmp_path)], "'heavyball-muon'", 'pip install -e ".[peers]"')
+    fails(capsys, ["sweep", "--optimizer", "muon,heavyball-muon", "--out", str(tmp_path)], 'pip install -e ".[peers]"')
+    assert not any(tmp_path.iterdir())
+
+
+def test_list_shows_every_registered_optimizer(capsys):
+    from steepest.optim.build import OPTIMIZERS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, spec in OPTIMIZERS.items():
+        assert f"  {name} " in out
+    assert any(spec.peer for spec in OPTIMIZERS.values())
+
+
+def test_report_warns_about_damaged_metrics(capsys, tmp_path):
+    argv = ["run", "--optimizers", "sgd", "--seeds", "2", "--steps", "8", "--eval-every", "4", "--out", str(tmp_path), *FAST, "--no-plots"]
+    assert main(argv) == 0
+    metrics = tmp_path / "digits-mlp" / "sgd" / f"lr={format_lr(get_task('digits-mlp').default_lr('sgd'))}" / "seed=1" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    lines[3] = "garbage from a bad copy"
+    lines.append(lines[-1][: len(lines[-1]) // 2])  # a torn write
+    metrics.write_text("\n".join(lines))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("steepest-bench: warning: ")
+    assert str(metrics) in err[0] and f"lines 4, {len(lines)}" in err[0]
+    report = (tmp_path / "digits-mlp" / "report.md").read_text()
+    assert "2 completed (1 with damaged metrics" in report
+    assert f"damaged metrics: sgd lr={format_lr(get_task('digits-mlp').default_lr('sgd'))} seed=1" in report and str(metrics) in report
+    assert main(["plot", str(tmp_path), "--formats", "png"]) == 0
+    assert str(metrics) in capsys.readouterr().err
+    fails(capsys, ["thin", str(tmp_path)], str(metrics), "line")
+
+
+def test_tinystories_shorter_than_one_window(capsys, tmp_path):
+    write_tinystories(tmp_path / "ts")
+    short = tmp_path / "ts" / "TinyStories-valid.txt"
+    short.write_text("Once upon a time.\n<|endoftext|>\n")
+    argv = ["run", "--task", "tinystories-gpt", "--data-dir", str(tmp_path / "ts"), "--block-size", "64", "--out", str(tmp_path / "out"), *FAST]
+    fails(capsys, argv, str(short), "--block-size", "complete file")
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(capsys, tmp_path):
+    argv = ["run", "--optimizers", "sgd", "--seeds", "1", "--steps", "30", "--device", "cpu", "--model-size", "tiny", "--no-plots",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main([*argv, "--progress-every", "1e-9"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) >= 20, lines
+    assert all(" sgd lr=" in l and "steps/s" in l and "s left" in l for l in lines), lines
+    steps = [int(l.split(": step ")[1].split("/")[0]) for l in lines]
+    assert steps == sorted(steps) and steps[-1] < 30 and all(f"/30 (" in l for l in lines)
+    assert main([*argv, "--progress-every", "0", "--overwrite"]) == 0
+    assert capsys.readouterr().err == ""

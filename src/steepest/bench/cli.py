@@ -26,10 +26,36 @@ BENCH_EXTRAS = {"sklearn", "matplotlib", "tqdm"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump), exit status 2."""
+    """argparse with one-line errors (no usage dump), exit status 2, and no abbreviated options
+    (``--step 10`` is an error, not ``--steps 10``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an unknown option is answered with the closest option of the
+        chosen subcommand (``--step``: did you mean ``--steps``?)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            import difflib
+
+            options = self._long_options(getattr(ns, "command", None))
+            close = [m for a in extras if a.startswith("--")
+                     for m in difflib.get_close_matches(a.split("=")[0], options, n=1)]  # fmt: skip
+            hint = f" (did you mean {', '.join(dict.fromkeys(close))}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
 
     def error(self, message: str) -> NoReturn:
         _fail(f"{message} (see {self.prog} --help)")
+
+    def _long_options(self, command: str | None) -> list[str]:
+        """The long options of subcommand ``command`` (or of this parser)."""
+        for a in self._actions:
+            if command and isinstance(a, argparse._SubParsersAction) and command in a.choices:
+                return a.choices[command]._long_options(None)
+        return [o for a in self._actions for o in a.option_strings if o.startswith("--")]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -67,6 +93,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -88,7 +124,7 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adamw-lr", type=_positive_float, help="lr of the AdamW that matrix optimizers use for embeddings, head and 1-D parameters")
     g.add_argument("--warmup-steps", type=_nonneg_int, help="linear lr warmup steps (default: the task's)")
     g.add_argument("--cooldown-frac", type=_fraction, help="final fraction of the run over which the lr decays linearly to 0")
-    g.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this (default 0: off)")
+    g.add_argument("--grad-clip", type=_nonneg_float, default=0.0, help="clip the gradient norm to this (default 0: off)")
     m = p.add_argument_group("model and data")
     m.add_argument("--model-size", help="model preset of the task (see `list`), e.g. tiny, small, medium")
     m.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="override a model option (repeatable)")
@@ -97,6 +133,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tokenizer", choices=("char", "byte"), help="shakespeare-gpt: character- or byte-level")
     m.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="override a data option (repeatable)")
     m.add_argument("--data-dir", help="folder with the task's data (CIFAR-10, TinyStories); default $STEEPEST_DATA")
+    m.add_argument("--init-from", metavar="PATH", help="fine-tune: start the model's weights from this checkpoint of the same "
+                   "model config (a run folder, its ckpt.pt, or a saved state_dict); the optimizer starts fresh")
     h = p.add_argument_group("hardware and output")
     h.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     h.add_argument("--no-amp", action="store_true", help="on CUDA, train in float32 instead of bf16 autocast")
@@ -106,6 +144,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
     h.add_argument("--overwrite", action="store_true", help="replace runs already in the output folder")
     h.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    h.add_argument("--progress-every", type=_nonneg_float, default=30.0, metavar="SECONDS",
+                   help="when stderr is not a terminal (nohup, CI), a progress line every SECONDS (default 30; 0: none)")
     h.add_argument("--no-plots", action="store_true", help="do not write figures and report afterwards")
 
 
@@ -124,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--optimizer", "--optimizers", dest="optimizers", required=True, help="optimizer name (or comma-separated names)")
     sweep.add_argument("--lrs", help="comma-separated learning rates (default: the task's lr times 1/10, 1/3, 1, 3, 10)")
     sweep.add_argument("--metric", default="val_loss", choices=("val_loss", "val_acc"), help="what picks the best lr")
+    sweep.add_argument("--widths", metavar="W1,W2,...", help="sweep at each model width (the task's width or n_embd option), each under OUT/width=W/; then draws the lr-transfer figure")
     _training_options(sweep)
 
     plot = sub.add_parser("plot", help="figures (PNG and SVG) from saved results")
@@ -131,11 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--optimizers", help="comma-separated optimizers to draw (default: all that ran)")
     plot.add_argument("--name", help="prefix of the figure files, e.g. 'claim1' gives claim1-validation.png")
     plot.add_argument("--formats", default="png,svg", help="comma-separated figure formats: png, svg (default: both)")
+    plot.add_argument("--transfer", action="store_true", help="lr transfer across width (runs of `sweep --widths`): loss against lr per width, and the optimum's shift per doubling")
 
     report = sub.add_parser("report", help="Markdown table from saved results")
     report.add_argument("dir", help="an output folder (or one task's folder in it)")
-    report.add_argument("--target-loss", type=float, help="validation loss target for the time-to-target column")
-    report.add_argument("--target-acc", type=float, help="validation accuracy target for the time-to-target column")
+    report.add_argument("--target-loss", type=_positive_float, help="validation loss target for the time-to-target column")
+    report.add_argument("--target-acc", type=_fraction, help="validation accuracy target for the time-to-target column")
 
     thin = sub.add_parser("thin", help="shrink saved metrics for archiving (keeps evaluations and every N-th step)")
     thin.add_argument("dir", help="an output folder (or one task's folder in it)")
@@ -161,10 +203,21 @@ def _key_values(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+PEERS_HINT = 'pip install -e ".[peers]"'
+
+
+def _install_hint(name: str) -> str:
+    """How to make the registered but unavailable optimizer ``name`` available."""
+    if name == "torch-muon":
+        return "unavailable: it needs torch.optim.Muon (torch >= 2.9): pip install -U torch"
+    return f"not installed: {PEERS_HINT}"
+
+
 def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:
     from steepest.optim.build import optimizer_names
 
     valid = optimizer_names()
+    registered = optimizer_names(include_unavailable=True)
     if raw is None:
         names = [n for n in default if n in valid] or [n for n in ("sgd", "adamw") if n in valid]
         return names
@@ -174,6 +227,8 @@ def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:
     if not names:
         raise BenchError(f"no optimizer named; valid optimizers: {', '.join(valid)}")
     for n in names:
+        if n in registered and n not in valid:
+            raise BenchError(f"optimizer {n!r} is {_install_hint(n)}")
         if n not in valid:
             raise BenchError(f"unknown optimizer {n!r}; valid optimizers: {', '.join(valid)}")
     return list(dict.fromkeys(names))
@@ -226,6 +281,7 @@ def _base_configs(args: argparse.Namespace, task, optimizers: list[str], lrs: di
                     ckpt_every=args.ckpt_every, adamw_lr=args.adamw_lr, warmup_steps=args.warmup_steps,
                     cooldown_frac=args.cooldown_frac, model_size=args.model_size, model=model, data=data,
                     grad_clip=args.grad_clip, data_dir=str(Path(data_dir).expanduser()) if data_dir else None,
+                    init_from=args.init_from,
                     device=device, amp=device.startswith("cuda") and not args.no_amp, compile=args.compile,
                     world_size=world, kind=kind,
                 ))  # fmt: skip
@@ -248,6 +304,25 @@ def _set_threads(args: argparse.Namespace, device: str, task) -> None:
         torch.set_num_threads(threads)
 
 
+def _check_resume(args: argparse.Namespace, configs) -> None:
+    """``--resume`` needs at least one of the runs to exist under ``--out`` already; the ones that
+    do not (a sweep killed before reaching them) start fresh, with a note."""
+    if not args.resume or int(os.environ.get("RANK", "0") or 0) != 0:
+        return  # rank 0 decides (other nodes may not see its files); torchrun stops the rest
+    from .config import run_dir
+    from .train import CONFIG
+
+    found = [cfg for cfg in configs if (run_dir(args.out, cfg) / CONFIG).is_file()]
+    if not found:
+        where = Path(args.out) / configs[0].task
+        raise BenchError(
+            f"--resume: nothing to resume: no run with these settings under {where} "
+            "(check --out and the other options, or drop --resume to start them)"
+        )
+    if len(found) < len(configs) and not args.quiet:
+        print(f"{PROG}: note: --resume: {len(configs) - len(found)} of {len(configs)} runs had not started; they start fresh", file=sys.stderr)
+
+
 def _train_all(args: argparse.Namespace, configs) -> tuple[list, Any]:
     from .dist import init_distributed
     from .train import Incompatible, RunResult, train
@@ -262,7 +337,8 @@ def _train_all(args: argparse.Namespace, configs) -> tuple[list, Any]:
         if cfg.optimizer in refused:
             continue
         try:
-            r = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, ctx=ctx)
+            r = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, ctx=ctx,
+                      progress_every=args.progress_every)
         except Incompatible as e:
             # One optimizer that cannot handle this model must not cancel the others' runs.
             refused.add(cfg.optimizer)
@@ -302,9 +378,19 @@ def _outputs(args: argparse.Namespace, ctx, task_name: str) -> None:
 
 
 def _check_out(path: str) -> None:
-    p = Path(path)
+    """Refuse an ``--out`` that cannot become a folder (it, or a folder above it, is a file; or
+    the nearest existing folder above it is not writable) before any data or model loads."""
+    p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        raise BenchError(f"--out {p} exists and is not a folder")
+        raise BenchError(f"--out {path}: {p} exists and is not a folder; choose another --out")
+    for parent in [p, *p.parents]:
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise BenchError(f"--out {path}: {parent} is a file, so no folder can be made under it; choose another --out")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BenchError(f"--out {path}: the folder {parent} is not writable; choose another --out")
+        break
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,15 +423,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     for o in optimizers:
         lrs.setdefault(o, task.default_lr(o))
     configs = _base_configs(args, task, optimizers, lrs, "run")
+    _check_resume(args, configs)
     results, ctx = _train_all(args, configs)
     _outputs(args, ctx, task.name)
     return 1 if any(r.status in ("diverged", "refused") for r in results) else 0
+
+
+def _sweep_widths(args: argparse.Namespace) -> int:
+    """``sweep --widths``: the same sweep at each width, under ``OUT/width=<w>/``, then the
+    transfer figure and table in ``OUT`` (see :mod:`.transfer`)."""
+    import copy
+
+    from .tasks import get_task
+    from .transfer import parse_widths, width_folder, width_option, write_transfer
+
+    task = get_task(args.task)
+    key = width_option(task)
+    widths = parse_widths(args.widths)
+    if getattr(args, key) is not None or key in _key_values(args.model, "--model"):
+        raise BenchError(f"--widths sets the model option {key}; drop --{key.replace('_', '-')} and --model {key}=...")
+    _check_out(args.out)
+    status = 0
+    for w in widths:
+        sub = copy.copy(args)
+        sub.widths, sub.out, sub.no_plots = None, str(width_folder(args.out, w)), True
+        sub.resume = args.resume and (Path(sub.out) / task.name).is_dir()  # a width not reached starts fresh
+        setattr(sub, key, w)
+        status = max(status, cmd_sweep(sub))
+    if not args.no_plots and int(os.environ.get("RANK", "0") or 0) == 0:
+        for p in write_transfer(args.out, formats=("png",)):
+            if not args.quiet:
+                print(f"wrote {p}")
+    return status
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .results import write_sweep_summary
     from .tasks import get_task
 
+    if getattr(args, "widths", None):
+        return _sweep_widths(args)
     task = get_task(args.task)
     _check_out(args.out)
     optimizers = _optimizer_names(args.optimizers, ())
@@ -367,6 +484,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             base = task.default_lr(o)
             lrs[o] = [base * f for f in (0.1, 0.3, 1.0, 3.0, 10.0)]
     configs = _base_configs(args, task, optimizers, lrs, "sweep")
+    _check_resume(args, configs)
     results, ctx = _train_all(args, configs)
     refused = {r.config.optimizer for r in results if r.status == "refused"}
     if ctx.is_main:
@@ -382,6 +500,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _warn_damaged(runs) -> None:
+    """One warning line per run whose ``metrics.jsonl`` has unreadable lines."""
+    for r in runs:
+        if r.damaged:
+            print(f"{PROG}: warning: {r.damage_note()}; the run is marked in the report", file=sys.stderr)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import FIGURE_FORMATS, plot_results
     from .results import load_runs
@@ -389,6 +514,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = load_runs(args.dir)
     if not runs:
         raise BenchError(f"no runs found under {args.dir}")
+    _warn_damaged(runs)
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
     if names:
         missing = sorted(set(names) - {r.config.optimizer for r in runs})
@@ -400,6 +526,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     unknown = sorted(set(formats) - set(FIGURE_FORMATS))
     if unknown or not formats:
         raise BenchError(f"--formats takes png and/or svg, got {args.formats!r}")
+    if args.transfer:
+        from .transfer import write_transfer
+
+        for p in write_transfer(args.dir, names, args.name, formats):
+            if p.suffix == ".md":
+                print(p.read_text())
+            print(f"wrote {p}")
+        return 0
     for p in plot_results(args.dir, names, args.name, formats):
         print(f"wrote {p}")
     return 0
@@ -409,8 +543,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_reports
     from .results import load_runs
 
-    if not load_runs(args.dir):
+    runs = load_runs(args.dir)
+    if not runs:
         raise BenchError(f"no runs found under {args.dir}")
+    _warn_damaged(runs)
     targets: dict[str, float] | None = None
     if args.target_loss is not None or args.target_acc is not None:
         targets = {}
@@ -445,12 +581,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, t in TASKS.items():
         print(f"  {name:<{width}}  {t.description} [{t.steps} steps, batch {t.batch_size}; sizes: {', '.join(t.model_sizes)}]")
     print("optimizers:")
-    names = optimizer_names()
+    names = optimizer_names(include_unavailable=True)
+    available = set(optimizer_names())
     width = max(map(len, names), default=0)
     for name in names:
         spec = OPTIMIZERS[name]
         lr = f"{task.name} lr {task.default_lr(name):g}" if task else f"default lr {spec.default_lr:g}"
-        print(f"  {name:<{width}}  {spec.description} [{lr}]")
+        missing = "" if name in available else f" ({_install_hint(name)})"
+        print(f"  {name:<{width}}  {spec.description} [{lr}]{missing}")
     return 0
 
 

@@ -394,11 +394,13 @@ def _load_tinystories_cached(folder: str) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(_tinystories_bytes(Path(folder) / name) for name in TINYSTORIES_FILES)  # type: ignore[return-value]
 
 
-def load_tinystories(data_dir: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_tinystories(data_dir: str | os.PathLike | None, block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """TinyStories train/valid as uint8 byte streams, each story ended by byte 0 (end of text).
 
     ``data_dir`` (or ``$STEEPEST_DATA``) holds ``TinyStories-train.txt`` and
-    ``TinyStories-valid.txt`` directly or in a ``TinyStories/`` child.
+    ``TinyStories-valid.txt`` directly or in a ``TinyStories/`` child. With ``block_size``, a
+    file too short for one window of ``block_size + 1`` tokens (and a start to choose) is refused
+    with a message naming it and the fix.
     """
     hint = f"expected {' and '.join(TINYSTORIES_FILES)} from {TINYSTORIES_URL}"
     root = data_dir_from(data_dir, "TinyStories", hint)
@@ -406,7 +408,15 @@ def load_tinystories(data_dir: str | os.PathLike | None) -> tuple[torch.Tensor, 
     for name in TINYSTORIES_FILES:
         if not (folder / name).is_file():
             raise BenchError(f"TinyStories file missing: {folder / name} ({hint})")
-    return _load_tinystories_cached(str(folder.resolve()))
+    streams = _load_tinystories_cached(str(folder.resolve()))
+    if block_size is not None:
+        for name, tokens in zip(TINYSTORIES_FILES, streams):
+            if tokens.numel() < block_size + 2:
+                raise BenchError(
+                    f"{folder / name} holds {tokens.numel()} bytes of text, fewer than one window of the model's "
+                    f"context ({block_size} + 2 bytes): use the complete file ({TINYSTORIES_URL}) or a smaller --block-size"
+                )
+    return streams
 
 
 def iterate_chunks(n: int, size: int, rank: int = 0, world: int = 1) -> Iterator[tuple[int, int]]:

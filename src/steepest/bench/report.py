@@ -45,6 +45,9 @@ def _last(run: Run) -> dict[str, Any]:
 def _row(opt: str, lr: float, group: list[Run], targets: Mapping[str, float]) -> list[str]:
     statuses = [r.status for r in group]
     status = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    damaged = sum(r.damaged for r in group)
+    if damaged:
+        status += f" ({damaged} with damaged metrics ⚠)"
     ok = [r for r in group if r.status != "diverged"]
     cells = [opt, format_lr(lr), str(len(group)), status]
     cells.append(_stat([r.final("val_loss") for r in ok]))
@@ -105,6 +108,11 @@ def report_task(task: str, runs: list[Run], sweeps: list[Run], targets: Mapping[
         header += ["ms / step", "optimizer.step share"]
         rows = [_row(opt, lr, g, targets) for (opt, lr), g in sorted(group_runs(runs).items())]
         out += [_table(header, rows), ""]
+        for r in [r for r in runs if r.damaged]:
+            out.append(f"- ⚠ damaged metrics: {r.config.optimizer} lr={format_lr(r.config.lr)} seed={r.config.seed}: "
+                       f"{r.damage_note()}; its numbers above rest on the readable lines")  # fmt: skip
+        if any(r.damaged for r in runs):
+            out.append("")
         diverged = [r for r in runs if r.status == "diverged"]
         for r in diverged:
             out.append(f"- diverged: {r.config.optimizer} lr={format_lr(r.config.lr)} seed={r.config.seed}: "
@@ -125,6 +133,11 @@ def report_task(task: str, runs: list[Run], sweeps: list[Run], targets: Mapping[
             best = "none (every lr diverged)" if summary["best_lr"] is None else format_lr(summary["best_lr"])
             out += [f"### {opt}: best lr {best} ({summary['steps']} steps)", ""]
             out += [_table(["lr", "seeds", "final val loss", "status"], rows), ""]
+            hurt = [r for r in sweeps if r.config.optimizer == opt and r.damaged]
+            for r in hurt:
+                out.append(f"- ⚠ damaged metrics: lr={format_lr(r.config.lr)} seed={r.config.seed}: {r.damage_note()}")
+            if hurt:
+                out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

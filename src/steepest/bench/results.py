@@ -14,10 +14,11 @@ import numpy as np
 
 from .config import RunConfig, format_lr
 from .errors import BenchError
-from .train import CONFIG, RESULT, read_metrics
+from .train import CONFIG, METRICS, RESULT
 
 __all__ = [
     "Run",
+    "read_metrics_checked",
     "load_runs",
     "task_dir",
     "group_runs",
@@ -38,6 +39,22 @@ class Run:
     config: RunConfig
     metrics: list[dict[str, Any]]
     result: dict[str, Any] | None
+    bad_lines: tuple[int, ...] = ()  # 1-based numbers of metrics.jsonl lines that could not be read
+
+    @property
+    def damaged(self) -> bool:
+        """Whether some lines of ``metrics.jsonl`` were unreadable (torn by a killed writer, or
+        garbage from a bad copy): the run's numbers then rest on the other lines."""
+        return bool(self.bad_lines)
+
+    def damage_note(self) -> str:
+        """One line naming the file and the unreadable lines (empty when undamaged)."""
+        if not self.bad_lines:
+            return ""
+        shown = ", ".join(map(str, self.bad_lines[:5])) + (", ..." if len(self.bad_lines) > 5 else "")
+        s = "s" if len(self.bad_lines) > 1 else ""
+        return (f"{self.path / METRICS} line{s} {shown}: not a metrics record (torn or garbage); "
+                f"{len(self.bad_lines)} line{s} skipped")  # fmt: skip
 
     @property
     def status(self) -> str:
@@ -62,6 +79,29 @@ class Run:
         return float(evals[-1][key]) if evals else math.nan
 
 
+def read_metrics_checked(path: str | os.PathLike) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """The records of a ``metrics.jsonl`` and the 1-based numbers of its unreadable lines (not
+    JSON, not a JSON object, or without an integer ``step``); blank lines are ignored."""
+    records: list[dict[str, Any]] = []
+    bad: list[int] = []
+    p = Path(path)
+    if not p.exists():
+        return records, ()
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            else:
+                bad.append(i)
+    return records, tuple(bad)
+
+
 def load_runs(root: str | os.PathLike, kind: str | None = None) -> list[Run]:
     """Every run folder (one holding ``config.json``) under ``root``, optionally of one kind
     (``run`` or ``sweep``), sorted by task, optimizer, lr and seed."""
@@ -83,7 +123,8 @@ def load_runs(root: str | os.PathLike, kind: str | None = None) -> list[Run]:
                 result = json.loads((d / RESULT).read_text())
             except ValueError:
                 result = None
-        runs.append(Run(d, cfg, read_metrics(d / "metrics.jsonl"), result))
+        records, bad = read_metrics_checked(d / METRICS)
+        runs.append(Run(d, cfg, records, result, bad))
     runs.sort(key=lambda r: (r.config.task, r.config.optimizer, r.config.lr, r.config.seed))
     return runs
 
@@ -99,6 +140,8 @@ def thin_metrics(root: str | os.PathLike, every: int) -> tuple[int, int]:
         path = run.path / "metrics.jsonl"
         if not path.exists():
             continue
+        if run.damaged:
+            raise BenchError(f"{run.damage_note()}; repair or delete those lines before thinning")
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         kept = []
         for i, line in enumerate(lines):

@@ -292,7 +292,7 @@ def _shakespeare_problem(cfg: RunConfig, device: torch.device) -> Problem:
 
 
 def _tinystories_problem(cfg: RunConfig, device: torch.device) -> Problem:
-    train, val = D.load_tinystories(cfg.data_dir)
+    train, val = D.load_tinystories(cfg.data_dir, block_size=cfg.model["block_size"])
     split = D.TextSplit(train, val, D.ByteTokenizer())
     return LMProblem(
         split, block_size=cfg.model["block_size"], batch_size=cfg.batch_size, seed=cfg.seed,

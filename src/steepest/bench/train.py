@@ -1,7 +1,9 @@
 """The training loop: one run = one task x optimizer x lr x seed, with metrics, checkpoints and
 exact resumption.
 
-A run directory holds ``config.json`` (the :class:`RunConfig` plus versions and device),
+A run directory holds ``config.json`` (the :class:`RunConfig` plus versions and device; for a
+text task the corpus's source and hash under ``corpus``; for a fine-tuned run, see
+:mod:`.finetune`, its checkpoint's hashes under ``init``),
 ``metrics.jsonl`` (one line per step: ``step``, ``time`` (seconds of training so far, evaluation
 and checkpointing excluded), ``opt_time`` (seconds of it inside ``optimizer.step``),
 ``train_loss``, ``lr``, and at evaluation steps ``val_loss``/``val_acc``; step 0 is the initial
@@ -194,12 +196,53 @@ def _warm_up(task, problem: Problem, cfg: RunConfig, device: torch.device, autoc
     del model, optimizer
 
 
-def _progress(cfg: RunConfig, start: int, quiet: bool, ctx: DistContext):
-    from tqdm.auto import tqdm
+PROGRESS_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 
-    show = ctx.is_main and not quiet and sys.stderr.isatty()
-    desc = f"{cfg.task} {cfg.optimizer} lr={format_lr(cfg.lr)} seed={cfg.seed}"
-    return tqdm(total=cfg.steps, initial=start, desc=desc, disable=not show, leave=False, dynamic_ncols=True, unit="step")
+
+class _Progress:
+    """Progress of one run on stderr (main rank, unless quiet): tqdm's bar on a terminal;
+    otherwise (nohup, CI, a pipe) one line every ``every`` seconds (0: none), e.g.
+    ``shakespeare-gpt muon lr=0.02 seed=0: step 120/500 (24%), train loss 2.3456, 4.1 steps/s, ~93 s left``."""
+
+    def __init__(self, cfg: RunConfig, start: int, quiet: bool, ctx: DistContext, every: float):
+        self.desc = f"{cfg.task} {cfg.optimizer} lr={format_lr(cfg.lr)} seed={cfg.seed}"
+        self.total, self.n, self.every = cfg.steps, start, every
+        show = ctx.is_main and not quiet
+        self.bar = None
+        if show and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False, dynamic_ncols=True, unit="step")
+        self.lines = show and self.bar is None and every > 0
+        self.mark = (time.monotonic(), start)
+
+    def update(self, loss: float) -> None:
+        """One step done, with its training loss."""
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.n % 10 == 0 or self.n == self.total:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            return
+        if not self.lines:
+            return
+        now = time.monotonic()
+        t0, n0 = self.mark
+        if now - t0 < self.every or self.n == self.total:
+            return
+        rate = (self.n - n0) / (now - t0)
+        left = (self.total - self.n) / rate if rate > 0 else math.inf
+        print(
+            f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), train loss {loss:.4f}, "
+            f"{rate:.3g} steps/s, ~{left:.0f} s left",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.mark = (now, self.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train(
@@ -211,8 +254,11 @@ def train(
     quiet: bool = False,
     ctx: DistContext | None = None,
     callback: Callable[[int, float], None] | None = None,
+    progress_every: float = PROGRESS_EVERY,
 ) -> RunResult:
     """Run (or resume, or skip if complete) ``cfg`` under ``out``; see the module docstring.
+
+    Progress goes to stderr: a bar on a terminal, else a line every ``progress_every`` seconds.
 
     ``callback(step, train_loss)`` is called after every step (after its checkpoint); an
     exception it raises aborts the run as a crash would.
@@ -231,6 +277,11 @@ def train(
     problem = task.build_problem(cfg, device)
     torch.manual_seed(cfg.seed)  # model initialisation (and dropout) use the global RNG
     raw_model = task.build_model(problem, cfg.model).to(device)
+    init_record = None
+    if cfg.init_from:  # fine-tuning: pretrained weights (checked against the model), a fresh optimizer
+        from .finetune import load_init
+
+        init_record = load_init(raw_model, cfg)
     from steepest.optim.build import build_optimizer
 
     try:
@@ -250,6 +301,8 @@ def train(
                 "task_description": task.description,
                 "env": environment(str(device)),
                 "argv": sys.argv,
+                **({"init": init_record} if init_record else {}),
+                **({"corpus": problem.corpus} if getattr(problem, "corpus", None) else {}),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })  # fmt: skip
     ctx.barrier()
@@ -317,7 +370,7 @@ def train(
         return RunResult(cfg, rd, status, message, final)
 
     loss_value: float | None = final.get("train_loss")
-    bar = _progress(cfg, start, quiet, ctx)
+    bar = _Progress(cfg, start, quiet, ctx, progress_every)
     try:
         model.train()
         if start == 0:
@@ -362,9 +415,7 @@ def train(
             log(record)
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 save_checkpoint(done)
-            bar.update(1)
-            if done % 10 == 0 or done == cfg.steps:
-                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            bar.update(loss_value)
             if callback is not None:
                 callback(done, loss_value)
             if kill_at and done == kill_at:
