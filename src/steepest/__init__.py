@@ -7,6 +7,7 @@ Each optimizer's update direction is a pure function in :mod:`steepest.direction
 
 from .optim import (
     CombinedOptimizer,
+    Dion,
     Muon,
     Neon,
     NewtonMuon,
@@ -21,6 +22,7 @@ from .optim import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Dion",
     "Muon",
     "Neon",
     "NewtonMuon",

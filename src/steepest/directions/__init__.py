@@ -14,9 +14,11 @@ function                   D                                           norm
 ``newton_muon_direction``  ``msgn(G (ZZᵀ + δI)⁻¹)``                    (Newton-Muon)
 ``sign_direction``         ``sign(G)``                                 ℓ1→ℓ∞
 ``top_singular``           top-k ``(U, S, V)``, warm-startable         (used by Neon)
+``dion_update``            ``P Qᵀ``, one warm power iteration (Dion)   rank-r spectral
 =========================  ==========================================  =================
 """
 
+from .dion import DionFactors, dion_update
 from .fstar import FSTAR_VARIANTS, fstar_direction, fstar_threshold, mean_of_norms_threshold, soft_threshold_update
 from .lowrank import Triplets, top_singular
 from .msgn import MSGN_METHODS, msgn
@@ -41,6 +43,8 @@ __all__ = [
     "right_precondition",
     "sign_direction",
     "top_singular",
+    "dion_update",
+    "DionFactors",
     "Triplets",
     "MSGN_METHODS",
     "SPECTRAL_SCALES",

@@ -91,23 +91,16 @@ def assign(batches: list[tuple[int, float]], world: int) -> list[Assignment]:
 def direction_flops(optimizer, group: dict, shape: tuple[int, int]) -> float:
     """A FLOP estimate of one matrix's direction, used only to balance the split.
 
-    msgn by ``q`` polynomial steps: ``q·(4a²b + 2a³)`` with ``a = min(m, n)``, ``b = max(m, n)``;
-    Neon: ``(iters + 1)·4mnl`` for a block of width ``l``; Shampoo: ``2mn(m + n)`` per step plus
-    its ``eigh`` (``≈ 10(m³ + n³)``) every ``update_every`` steps; element-wise directions: ``mn``.
+    Each optimizer states its own cost: ``optimizer.direction_flops(group, shape)`` when it defines
+    that method (Muon, Newton-Muon, Neon, Shampoo, sign descent and Dion do), so that the
+    partitioner needs no knowledge of any optimizer's internals. Without it: ``m·n`` for an
+    element-wise direction (``optimizer.elementwise``), else ``m·n·min(m, n)`` (one dense
+    factorisation's order).
     """
+    cost = getattr(optimizer, "direction_flops", None)
+    if cost is not None:
+        return float(cost(group, shape))
     m, n = shape
-    a, b = min(m, n), max(m, n)
     if getattr(optimizer, "elementwise", False):
         return float(m * n)
-    if "ns_steps" in group:  # Muon, Newton-Muon
-        steps = group["ns_steps"] if group.get("msgn_method") != "svd" else 4
-        return float(steps * (4 * a * a * b + 2 * a**3))
-    if "mode" in group and "oversample" in group:  # Neon
-        from ..optim.neon import block_columns
-
-        rank = 1 if group["mode"] == "nuclear" else group["initial_rank"] + 1
-        width = block_columns(rank, group["oversample"], m, n)
-        return float((group["iters"] + 1) * 4 * m * n * width + (m + n) * width**2)
-    if "update_every" in group:  # Shampoo
-        return float(2 * m * n * (m + n) + 10 * (m**3 + n**3) / group["update_every"])
-    return float(m * n * a)
+    return float(m * n * min(m, n))

@@ -3,6 +3,7 @@
 from .base import MatrixOptimizer, NonFiniteGradientError
 from .build import OPTIMIZERS, build_optimizer, optimizer_names, split_parameters
 from .combined import CombinedOptimizer
+from .dion import Dion
 from .muon import Muon
 from .neon import Neon
 from .newton_muon import NewtonMuon
@@ -10,6 +11,7 @@ from .shampoo import Shampoo
 from .sign import SignDescent
 
 __all__ = [
+    "Dion",
     "Muon",
     "Neon",
     "NewtonMuon",

@@ -198,6 +198,15 @@ _register(OptimizerSpec("neon-nuclear", "Neon, nuclear norm: rank-1 update sigma
 _register(OptimizerSpec("neon-fstar", "Neon, F* norm: low-rank soft-thresholded update U[S-tau]+V^T, adaptive rank", 0.5, _steepest("Neon", mode="fstar")))
 _register(OptimizerSpec("neon-nuclear-drop", "Neon nuclear with sigma dropped: u1*v1^T, as in the Neon authors' code", 0.3, _steepest("Neon", mode="nuclear", sigma="drop")))
 _register(OptimizerSpec("neon-fstar-drop", "Neon F* with sigma dropped: U[S-tau]+V^T scaled to spectral norm 1", 0.3, _steepest("Neon", mode="fstar", sigma="drop")))
+
+
+def _dion(params, **kw) -> torch.optim.Optimizer:
+    from .dion import Dion
+
+    return Dion(params, **kw)
+
+
+_register(OptimizerSpec("dion", "Dion: rank-r orthonormal update P Q^T by one warm power iteration, error feedback in the momentum (r = min(m,n)/4)", 0.02, _dion))
 _register(OptimizerSpec("newton-muon", "Newton-Muon: msgn(G (ZZ^T)^-1) with input second moments from forward hooks", 0.02, _steepest("NewtonMuon"), needs_model=True))
 _register(OptimizerSpec("shampoo", "Shampoo: L^-1/4 G R^-1/4 with accumulated statistics, grafted to Adam's norm", 1e-3, _steepest("Shampoo")))
 _register(OptimizerSpec("sign", "Sign descent with momentum: l1->linf steepest descent (Adam without EMA)", 1e-3, _steepest("SignDescent")))

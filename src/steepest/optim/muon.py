@@ -73,6 +73,13 @@ class Muon(MatrixOptimizer):
     def lr_scale(self, group: dict, shape: tuple[int, int]) -> float:
         return spectral_scale(shape, group["scale"])
 
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """msgn by ``q`` polynomial steps: ``q·(4a²b + 2a³)``, ``a = min(m, n)``, ``b = max(m, n)``
+        (an SVD counts as 4 steps); used to balance the distributed split."""
+        a, b = min(shape), max(shape)
+        steps = group["ns_steps"] if group["msgn_method"] != "svd" else 4
+        return float(steps * (4 * a * a * b + 2 * a**3))
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         M = bucket.stack()
         if group["msgn_method"] == "svd":

@@ -140,6 +140,14 @@ class Neon(MatrixOptimizer):
     def uses_dense_svd(self, group: dict, bucket: Bucket, width: int) -> bool:
         return group["mode"] == "fstar" and width > group["dense_fraction"] * min(*bucket.shape)
 
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """``(iters + 1)·4mnl + (m + n)l²`` for a block of width ``l`` (:func:`block_columns`, from
+        ``initial_rank`` for F*); used to balance the distributed split."""
+        m, n = shape
+        rank = 1 if group["mode"] == "nuclear" else group["initial_rank"] + 1
+        width = block_columns(rank, group["oversample"], m, n)
+        return float((group["iters"] + 1) * 4 * m * n * width + (m + n) * width**2)
+
     def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         dtype = torch.float64 if bucket.params[0].dtype == torch.float64 else torch.float32
         layout = {"basis": ((bucket.shape[1], self.block_width(group, bucket)), dtype)}

@@ -101,6 +101,12 @@ class Shampoo(MatrixOptimizer):
     def _refresh_roots(self, group: dict, bucket: Bucket) -> bool:
         return int(bucket.states[0]["step"]) % group["update_every"] == 0 or "L_root" not in bucket.states[0]
 
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """``2mn(m + n)`` per step plus the ``eigh`` (``≈ 10(m³ + n³)``) every ``update_every``
+        steps; used to balance the distributed split."""
+        m, n = shape
+        return float(2 * m * n * (m + n) + 10 * (m**3 + n**3) / group["update_every"])
+
     def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         if not self._refresh_roots(group, bucket):
             return {}

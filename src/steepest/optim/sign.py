@@ -27,5 +27,9 @@ class SignDescent(MatrixOptimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0, nonfinite: str = "raise", compile: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, nonfinite=nonfinite, compile=compile))
 
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """``m·n``: one operation per entry (computed where the data is, never split)."""
+        return float(shape[0] * shape[1])
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         return self.math(group, torch.sign)(bucket.stack())

@@ -1,0 +1,90 @@
+"""Dion's low-rank orthonormal update: one warm power iteration with error feedback.
+
+Dion (Ahn et al. 2025, "Dion: Distributed Orthonormalized Updates", arXiv 2504.05295, Algorithm 1)
+keeps, per weight matrix, a momentum ``M`` (``m × n``) and a right basis ``Q`` (``n × r``), and
+each step, with the new gradient ``G`` and momentum decay ``μ``:
+
+.. math::
+    B = M + G,\\quad P = \\mathrm{orth}(B Q),\\quad R = B^\\top P,\\\\
+    M \\leftarrow B - (1-\\mu) P R^\\top,\\quad Q \\leftarrow \\mathrm{colnorm}(R),\\quad
+    W \\leftarrow W - \\eta\\, s(m, n)\\, P Q^\\top.
+
+``P`` has orthonormal columns (a QR factorisation), ``Q``'s columns have unit length, so the
+update ``P Qᵀ`` is a rank-``r`` stand-in for Muon's ``msgn(B)``; the error feedback leaves in
+the momentum what the rank-``r`` step did not capture (all of it but a ``(1−μ)`` share of
+``P Rᵀ``), so that later steps reach it. One power iteration per step suffices because ``Q`` is
+warm-started from the previous step's ``R``.
+
+The functions here are pure and batched over leading dimensions; :class:`steepest.optim.Dion`
+keeps the state and applies the step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .lowrank import random_block
+
+__all__ = ["DionFactors", "dion_rank", "initial_basis", "power_step", "next_basis", "error_feedback", "dion_update"]
+
+
+class DionFactors(NamedTuple):
+    """One Dion power iteration: ``B Q → P``, ``Bᵀ P = R = Q·diag(norms)``."""
+
+    P: Tensor  # (..., m, r): orthonormal columns, orth(B Q)
+    Q: Tensor  # (..., n, r): R's columns divided by their norms (zero where R's column is zero)
+    norms: Tensor  # (..., r): R's column norms
+
+
+def dion_rank(shape: tuple[int, int], fraction: float) -> int:
+    """``r = ⌈fraction·min(m, n)⌉``, at least 1 and at most ``min(m, n)``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"rank_fraction must be in (0, 1], got {fraction!r}")
+    a = min(shape)
+    return max(1, min(a, math.ceil(fraction * a - 1e-9)))
+
+
+def initial_basis(n: int, r: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """The starting ``Q``: a deterministic Gaussian ``(n, r)`` block (the same for every matrix,
+    independent of the global RNG, so every rank and every resumed run draws the same one) with
+    unit columns, computed in float64 and cast to ``dtype``."""
+    block = random_block(torch.Size(), n, r, dtype=torch.float64, device=torch.device("cpu"))
+    return (block / block.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
+
+
+def power_step(B: Tensor, Q: Tensor) -> DionFactors:
+    """``P = orth(B Q)`` (Householder QR), ``R = Bᵀ P``, ``Q' = R / ‖R‖_col``, in ``Q``'s dtype.
+
+    ``B``: ``(..., m, n)`` (cast to ``Q``'s dtype); ``Q``: ``(..., n, r)`` with ``r ≤ min(m, n)``.
+    A column of ``R`` whose norm is zero (a zero momentum) gives a zero column of ``Q'``, so that
+    a zero ``B`` gives a zero update."""
+    X = B.to(Q.dtype)
+    P = torch.linalg.qr(X @ Q, mode="reduced").Q
+    R = X.mT @ P
+    norms = torch.linalg.vector_norm(R, dim=-2)
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return DionFactors(P, R / safe.unsqueeze(-2), norms)
+
+
+def next_basis(previous: Tensor, factors: DionFactors) -> Tensor:
+    """The ``Q`` that the next step starts from: ``factors.Q``, except that a column of zero norm
+    keeps its previous direction (so the warm start survives a zero gradient; the reference adds
+    1e-8 to the norm instead, which zeroes that column for good)."""
+    return torch.where(factors.norms.unsqueeze(-2) > 0, factors.Q, previous)
+
+
+def error_feedback(B: Tensor, P: Tensor, Q: Tensor, norms: Tensor, mu: float) -> Tensor:
+    """``B − (1−μ)·P Rᵀ`` with ``R = Q·diag(norms)``, computed in ``P``'s dtype, returned in ``B``'s."""
+    R = Q * norms.unsqueeze(-2)
+    out = torch.baddbmm(B.to(P.dtype).reshape(-1, *B.shape[-2:]), P.reshape(-1, *P.shape[-2:]), R.reshape(-1, *R.shape[-2:]).mT, alpha=-(1 - mu))
+    return out.reshape(B.shape).to(B.dtype)
+
+
+def dion_update(B: Tensor, Q: Tensor) -> tuple[Tensor, DionFactors]:
+    """``(P Q'ᵀ, factors)``: the unscaled rank-``r`` update of one step, in ``Q``'s dtype."""
+    factors = power_step(B, Q)
+    return factors.P @ factors.Q.mT, factors

@@ -1,0 +1,160 @@
+"""Dion: a rank-r orthonormal update from one warm power iteration, with error feedback (Ahn et al. 2025)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..directions.dion import dion_rank, dion_update, error_feedback, initial_basis, next_basis
+from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
+from .base import Bucket, MatrixOptimizer, check_hyperparameter, local_tensor
+
+__all__ = ["Dion"]
+
+
+def _precision(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Dion(MatrixOptimizer):
+    r"""Dion (Ahn et al. 2025, arXiv 2504.05295, Algorithm 1): per matrix, with momentum ``M``,
+    right basis ``Q`` (``n × r``, ``r = ⌈rank_fraction·min(m, n)⌉``) and gradient ``G``,
+
+    .. math::
+        B = M + G,\ P = \mathrm{orth}(BQ),\ R = B^\top P,\ M \leftarrow B - (1-\mu)PR^\top,\
+        Q \leftarrow \mathrm{colnorm}(R),\ W \leftarrow (1-\eta\lambda)W - \eta\, s(m, n)\, PQ^\top
+
+    (:mod:`steepest.directions.dion`). Dion's momentum is not the EMA of the other optimizers:
+    the gradient is added to ``M`` in full, and the error feedback removes the captured part.
+    ``P``, ``R`` and ``Q`` are computed in float32 (float64 for float64 weights) whatever the
+    weights' dtype; ``M`` has the weights' dtype, ``Q`` is kept in float32 (float64) and survives a
+    bf16 resume. The first ``Q`` is a fixed Gaussian block with unit columns
+    (:func:`~steepest.directions.dion.initial_basis`), so runs and ranks agree.
+
+    Same-shape matrices are one batched call. Distributed (DDP, FSDP2), the matrix's owner runs the
+    power iteration and sends ``P``, ``Q`` and ``R``'s column norms (``(m + n + 1)·r`` numbers)
+    with the direction; every rank then applies the error feedback to its copy (or row shard) of
+    ``M``, so the momentum itself never travels.
+
+    Args:
+        params: hidden-layer weights (≥ 2-D; conv weights are viewed as ``(out, in·kh·kw)``);
+            give embeddings, the head and 1-D parameters to AdamW (:func:`steepest.build_optimizer`).
+        lr: η (default 0.02, microsoft/dion's GPT setting and Muon's; on the digits MLP Dion's best
+            rate was the same as Muon's, see the README).
+        momentum: μ (default 0.95): the share of the captured part kept in ``M``.
+        rank_fraction: ``r / min(m, n)`` (default 0.25; the paper's experiments use 1/4 and 1/16,
+            microsoft/dion's default is 1, i.e. full rank).
+        weight_decay: decoupled λ, ``W *= 1 − lr·λ`` (default 0).
+        scale: ``s(m, n)`` as in :class:`~steepest.optim.Muon`: ``"original"`` (default,
+            ``√max(1, m/n)``), ``"rms_to_rms"`` (``√(m/n)``, the paper's Algorithm 1) or
+            ``"match_adamw"`` (``0.2·√max(m, n)``).
+        nonfinite: ``"raise"`` (default), ``"skip"`` (the step leaves weights, ``M`` and ``Q``
+            unchanged) or ``"ignore"``.
+        compile: ``torch.compile(fullgraph=True)`` the power iteration (default False).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 0.02,
+        momentum: float = 0.95,
+        rank_fraction: float = 0.25,
+        weight_decay: float = 0.0,
+        scale: str = "original",
+        nonfinite: str = "raise",
+        compile: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, rank_fraction=rank_fraction, weight_decay=weight_decay, scale=scale,
+            nonfinite=nonfinite, compile=compile,
+        )  # fmt: skip
+        self._skip: Tensor | None = None
+        super().__init__(params, defaults)
+
+    def validate_group(self, group: dict) -> None:
+        super().validate_group(group)
+        fraction = group["rank_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"rank_fraction must be a number in (0, 1] (the rank r as a share of min(m, n)), got {fraction!r}")
+        if group["scale"] not in SPECTRAL_SCALES:
+            raise ValueError(f"unknown scale {group['scale']!r}; accepted values: {', '.join(map(repr, SPECTRAL_SCALES))}")
+
+    # --- the hooks of MatrixOptimizer --------------------------------------------------------
+    def rank(self, group: dict, shape: tuple[int, int]) -> int:
+        """Columns of ``Q`` for a matrix of ``shape``."""
+        return dion_rank(shape, group["rank_fraction"])
+
+    def lr_scale(self, group: dict, shape: tuple[int, int]) -> float:
+        return spectral_scale(shape, group["scale"])
+
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """``B Q``, ``Bᵀ P`` and ``P Qᵀ`` (``2mnr`` each) and the QR of ``B Q`` (``≈ 4mr²``); the
+        error feedback (``2mnr``) runs on every rank and is not split."""
+        m, n = shape
+        r = self.rank(group, shape)
+        return float(6 * m * n * r + 4 * m * r * r)
+
+    def _momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
+        """``B = M + G`` in place in the momentum buffers (the base class's EMA does not apply);
+        on a skipped step the gradients are already zero. ``skip`` is kept for :meth:`direction`."""
+        self._skip = skip
+        bufs = [local_tensor(s["momentum_buffer"]) for s in states]
+        torch._foreach_add_(bufs, grads)
+        return bufs
+
+    def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        m, n = bucket.shape
+        r = self.rank(group, bucket.shape)
+        dtype = _precision(bucket.params[0].dtype)
+        return {"dion_Q": ((n, r), dtype), "dion_P": ((m, r), dtype), "dion_norms": ((r,), dtype)}
+
+    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+        B = bucket.stack()
+        m, n = bucket.shape
+        r = self.rank(group, bucket.shape)
+        dtype = _precision(B.dtype)
+        start = None
+        previous = []
+        for s in bucket.states:
+            if "dion_Q" not in s:
+                start = initial_basis(n, r, dtype=dtype, device=B.device) if start is None else start
+            previous.append(s.get("dion_Q", start))
+        previous = torch.stack(previous)
+        D, factors = self.math(group, dion_update)(B, previous)
+        if self._skip is not None:  # a skipped step changes neither M (zero norms) nor Q
+            factors = factors._replace(norms=factors.norms.masked_fill(self._skip, 0))
+        bucket.store_state("dion_Q", next_basis(previous, factors))
+        bucket.store_state("dion_P", factors.P)
+        bucket.store_state("dion_norms", factors.norms)
+        return D.to(B.dtype)
+
+    def directions_done(self, group: dict, bucket: Bucket) -> None:
+        """On every rank: ``M ← B − (1−μ)·P Rᵀ`` on this rank's copy or row shard of each momentum,
+        from the ``P``, ``Q`` and norms of the matrix's owner; then ``P`` and the norms are dropped
+        (``Q`` stays: it is the next step's start)."""
+        mu = group["momentum"]
+        P = bucket.stack_state("dion_P")
+        Q = bucket.stack_state("dion_Q")
+        norms = bucket.stack_state("dion_norms")
+        m, n = bucket.shape
+        momenta = bucket.momenta  # this rank's buffers (whole, or FSDP2 row shards): updated in place
+        flat = [M.reshape(M.shape[0], n) for M in momenta]
+        if all(M.shape[0] == m for M in flat):
+            new = list(error_feedback(torch.stack(flat), P, Q, norms, mu).unbind(0))
+        else:  # FSDP2 row shards: this rank's rows of P
+            starts = [_row_start(p, m) for p in bucket.params]
+            new = [error_feedback(M, P[i, a : a + M.shape[0]], Q[i], norms[i], mu) for i, (a, M) in enumerate(zip(starts, flat))]
+        torch._foreach_copy_(momenta, [x.view(M.shape) for x, M in zip(new, momenta)])
+        for s in bucket.states:
+            del s["dion_P"], s["dion_norms"]
+
+
+def _row_start(p: Tensor, m: int) -> int:
+    """The first row of this rank's shard of a ``Shard(0)`` DTensor on a 1-D mesh (``torch.chunk``
+    sizes, the only layout the distributed executor accepts)."""
+    if not hasattr(p, "device_mesh"):
+        return 0
+    chunk = math.ceil(m / p.device_mesh.size())
+    return min(p.device_mesh.get_local_rank() * chunk, m)
