@@ -49,6 +49,14 @@ class Bucket:
     states: list[dict]
     names: list[str]
     batch: "Bucket | None" = None  # the whole same-shape batch, when this bucket is one rank's share of it
+    transposed: bool = False  # the parameters are stored (in, out) (HF Conv1D): ``shape`` is their transpose's
+
+    def _matrix(self, t: Tensor) -> Tensor:
+        """``t`` (a parameter-shaped tensor) as its ``(out, in)`` matrix: reshaped, or for a
+        transposed batch (the whole batch's flag: a rank's share inherits it) reshaped and transposed."""
+        if self.whole.transposed:
+            return t.reshape(self.shape[1], self.shape[0]).mT
+        return t.reshape(self.shape)
 
     @property
     def whole(self) -> "Bucket":
@@ -57,7 +65,7 @@ class Bucket:
 
     def stack(self, tensors: list[Tensor] | None = None) -> Tensor:
         """The momenta (or ``tensors``) as one ``(k, m, n)`` stack."""
-        return torch.stack([t.reshape(self.shape) for t in (self.momenta if tensors is None else tensors)])
+        return torch.stack([self._matrix(t) for t in (self.momenta if tensors is None else tensors)])
 
     def stack_state(self, key: str) -> Tensor:
         return torch.stack([s[key] for s in self.states])
@@ -226,7 +234,26 @@ class MatrixOptimizer(Optimizer):
         return cache[fn]
 
     def matrix_shape(self, p: Tensor) -> tuple[int, int]:
-        return (p.shape[0], math.prod(p.shape[1:])) if p.ndim >= 2 else (1, p.numel())
+        """``(out, in)``: ``(p.shape[0], ∏ p.shape[1:])``; for a parameter stored ``(in, out)``
+        (:meth:`is_transposed`) ``(p.shape[-1], ∏ p.shape[:-1])``; ``(1, numel)`` below 2-D."""
+        if p.ndim < 2:
+            return (1, p.numel())
+        if self.is_transposed(p):
+            return (p.shape[-1], math.prod(p.shape[:-1]))
+        return (p.shape[0], math.prod(p.shape[1:]))
+
+    def is_transposed(self, p: Tensor) -> bool:
+        """Whether ``p`` is stored ``(in, out)`` (``y = x @ W``, HF's ``Conv1D``): its param group
+        has ``transposed=True`` (:func:`steepest.build_optimizer` puts such weights in such a
+        group). The optimizer then works on ``Wᵀ`` (shape, scale, preconditioners) and writes the
+        update back transposed. Element-wise optimizers ignore it (their update is the same)."""
+        if self.elementwise:
+            return False
+        key = tuple(id(g) for g in self.param_groups)
+        cache = self.__dict__.get("_transposed_ids")
+        if cache is None or cache[0] != key:  # param groups added or replaced (load_state_dict)
+            cache = self._transposed_ids = (key, {id(q) for g in self.param_groups if g.get("transposed") for q in g["params"]})
+        return id(p) in cache[1]
 
     # --- the step ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -329,9 +356,15 @@ class MatrixOptimizer(Optimizer):
         for p, g, m, s, n in zip(params, grads, momenta, states, names):
             shape = self.matrix_shape(p)  # a DTensor's global shape; its layout keeps it apart
             layout = (p.device_mesh, tuple(p.placements)) if hasattr(p, "placements") else None
-            key = (shape, p.dtype, p.device, layout)
+            transposed = self.is_transposed(p)
+            if transposed and layout is not None:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: parameter {n} is stored (in, out) (transposed=True) and sharded as a DTensor, "
+                    "which is not supported; shard only (out, in) weights, or convert HF Conv1D layers to nn.Linear"
+                )
+            key = (shape, p.dtype, p.device, layout, transposed)
             if key not in buckets:
-                buckets[key] = Bucket(shape, [], [], [], [], [])
+                buckets[key] = Bucket(shape, [], [], [], [], [], transposed=transposed)
             b = buckets[key]
             b.params.append(p)
             b.grads.append(g)
@@ -343,7 +376,10 @@ class MatrixOptimizer(Optimizer):
     def _apply(self, group: dict, bucket: Bucket, D: Tensor, skip: Tensor | None) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         params = [local_tensor(p) for p in bucket.params]
-        updates = [d.view(p.shape) for d, p in zip(D.unbind(0), params)]
+        if bucket.transposed:
+            updates = [d.mT.reshape(p.shape) for d, p in zip(D.unbind(0), params)]
+        else:
+            updates = [d.view(p.shape) for d, p in zip(D.unbind(0), params)]
         scale = self.lr_scale(group, bucket.shape)
         if wd != 0:
             decay = 1 - lr * wd

@@ -1,18 +1,24 @@
 """``build_optimizer``: one call from a model to an optimizer, with the Muon seed's split.
 
-Hidden 2-D (and conv) weights go to the matrix optimizer; embeddings, the output head and all
-1-D parameters go to AdamW (KellerJordan/Muon's ``MuonWithAuxAdam`` split).
+Which parameters are matrices is decided by :mod:`steepest.optim.split` (hidden weights of
+linear-like modules, seen as ``(out, in)``); the matrix optimizer gets those, a fused AdamW the
+rest (embeddings, position embeddings and tokens, the output head, 1-D parameters), as in
+KellerJordan/Muon's ``MuonWithAuxAdam``. A norm can be chosen per module: ``name`` may map
+parameter-name patterns to optimizers (``{"*.mlp.*": "neon-fstar", "*": "muon"}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "optimizer_names", "split_parameters", "build_optimizer"]
+from .split import ParamInfo, classify_parameters, split_parameters
+
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "optimizer_names", "split_parameters", "build_optimizer", "parse_routes", "register_routes"]
 
 
 @dataclass(frozen=True)
@@ -41,92 +47,142 @@ def optimizer_names(include_unavailable: bool = False) -> list[str]:
     return [n for n, s in OPTIMIZERS.items() if include_unavailable or s.available()]
 
 
-def split_parameters(
-    model: nn.Module, head: Iterable[nn.Parameter | str] | None = None
-) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    """Split ``model``'s trainable parameters into (matrix, other), each as (name, param).
+def _spec(name: str, where: str = "optimizer name") -> OptimizerSpec:
+    if not isinstance(name, str) or name not in OPTIMIZERS or not OPTIMIZERS[name].available():
+        raise ValueError(f"unknown {where} {name!r}; valid names: {', '.join(optimizer_names())}")
+    return OPTIMIZERS[name]
 
-    ``other`` holds 1-D parameters, every ``nn.Embedding`` weight and the output head. The head is
-    ``head`` when given (parameters or their names); otherwise the last ``nn.Linear`` whose
-    ``out_features`` equals an embedding's vocabulary size, or, with no embedding, the last
-    ``nn.Linear`` of the model (a classifier). Tied parameters are counted once.
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    other_ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            other_ids.add(id(module.weight))
-    if head is not None:
-        by_name = dict(named)
-        for h in head:
-            if isinstance(h, str):
-                if h not in by_name:
-                    raise ValueError(
-                        f"head: no trainable parameter named {h!r}; names are e.g. {list(by_name)[:5]}"
-                    )
-                other_ids.add(id(by_name[h]))
-            else:
-                other_ids.add(id(h))
-    else:
-        vocab = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        candidates = [m for m in linears if m.out_features in vocab] if vocab else linears
-        if candidates:
-            other_ids.add(id(candidates[-1].weight))
-    matrix, other, seen = [], [], set()
-    for name, p in named:
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        (other if p.ndim < 2 or id(p) in other_ids else matrix).append((name, p))
-    return matrix, other
+
+def parse_routes(text: str) -> dict[str, str]:
+    """Routes from a string ``"PATTERN=NAME+PATTERN=NAME+NAME"`` (the harness's form; a last
+    ``NAME`` without a pattern is the ``"*"`` route), e.g. ``"*.mlp.*=neon-fstar+muon"``."""
+    routes: dict[str, str] = {}
+    for part in text.split("+"):
+        pattern, _, opt = part.rpartition("=")
+        pattern, opt = (pattern.strip() or "*"), opt.strip()
+        if not opt:
+            raise ValueError(f"bad route {part!r} in {text!r}: write PATTERN=OPTIMIZER, e.g. '*.mlp.*=neon-fstar+muon'")
+        if pattern in routes:
+            raise ValueError(f"route pattern {pattern!r} appears twice in {text!r}")
+        routes[pattern] = opt
+    _check_routes(routes)
+    return routes
+
+
+def _check_routes(routes: Mapping[str, str]) -> None:
+    if not routes:
+        raise ValueError("routes must map at least one parameter-name pattern to an optimizer, e.g. {'*': 'muon'}")
+    for pattern, opt in routes.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"route patterns must be non-empty strings (fnmatch patterns on parameter names), got {pattern!r}")
+        _spec(opt, f"optimizer name in route {pattern!r}:")
+
+
+def register_routes(name: str, routes: Mapping[str, str] | str, description: str | None = None) -> str:
+    """Register per-module ``routes`` under ``name`` so that the harness can run them like any
+    optimizer; its lr is a multiplier on each route's default lr (default 1.0). Returns ``name``."""
+    routes = parse_routes(routes) if isinstance(routes, str) else dict(routes)
+    _check_routes(routes)
+    needs_model = any(OPTIMIZERS[o].needs_model for o in routes.values())
+
+    def factory(params, **kw):  # pragma: no cover - build_optimizer handles routed specs itself
+        raise TypeError("a routed optimizer is built by build_optimizer(model, name)")
+
+    desc = description or "routes: " + ", ".join(f"{p} -> {o}" for p, o in routes.items())
+    OPTIMIZERS[name] = OptimizerSpec(name, desc, 1.0, factory, needs_model=needs_model)
+    _ROUTES[name] = routes
+    return name
+
+
+_ROUTES: dict[str, dict[str, str]] = {}
 
 
 def build_optimizer(
     model: nn.Module,
-    name: str,
+    name: str | Mapping[str, str],
     *,
-    lr: float | None = None,
+    lr: float | Mapping[str, float] | None = None,
     adamw_lr: float = 3e-4,
     adamw_betas: tuple[float, float] = (0.9, 0.95),
     adamw_weight_decay: float = 0.0,
-    head: Iterable[nn.Parameter | str] | None = None,
+    head: Iterable[nn.Parameter | nn.Module | str] | None = None,
+    inputs: str = "matrix",
     **options,
 ) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` for ``model``.
+    """Build optimizer ``name`` for ``model``: one optimizer whose ``state_dict`` holds every
+    part and that one LR scheduler drives.
 
-    Matrix optimizers (``muon``, ``neon-nuclear``, ...) get the hidden 2-D/conv weights and a fused
-    AdamW (``adamw_lr``, ``adamw_betas``) gets the rest; the result is one optimizer whose
-    ``state_dict`` holds both and that one LR scheduler drives. ``sgd`` and ``adamw`` take every
-    parameter. ``lr`` defaults to the optimizer's registered default; ``options`` go to its class.
+    ``name`` is a registered name (``muon``, ``neon-fstar``, ...; ``sgd`` and ``adamw`` take every
+    parameter), or *routes*: a mapping from fnmatch patterns on parameter names to names, first
+    match wins (``{"*.mlp.*": "neon-fstar", "*": "muon"}``; the string form
+    ``"*.mlp.*=neon-fstar+muon"`` too, see :func:`parse_routes`). The split
+    (:func:`steepest.optim.split.classify_parameters`, with ``head`` and ``inputs``) is the same
+    either way: routes choose the optimizer of each *matrix*; every other parameter goes to a fused
+    AdamW (``adamw_lr``, ``adamw_betas``, ``adamw_weight_decay``), and so do the matrices routed
+    to ``"adamw"``; matrices routed to ``"sgd"`` get SGD. Weights stored ``(in, out)`` (HF
+    ``Conv1D``) go to our optimizers in a ``transposed=True`` param group, so each sees ``(out, in)``
+    (peers see them as stored).
+
+    ``lr``: for one name, its lr (default: the registered default). With routes: ``None`` (each
+    route's default), a mapping ``{optimizer name: lr}``, or a float that multiplies every route's
+    default (one number tunes the mix, as the harness sweeps it). ``options`` go to every
+    matrix optimizer's class.
     """
-    if name not in OPTIMIZERS or not OPTIMIZERS[name].available():
-        raise ValueError(
-            f"unknown optimizer name {name!r}; valid names: {', '.join(optimizer_names())}"
-        )
-    spec = OPTIMIZERS[name]
-    lr = spec.default_lr if lr is None else lr
-    if not spec.matrix:
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        return spec.factory(params, lr=lr, **options)
+    if isinstance(name, str) and name in _ROUTES:
+        routes, multiplier = _ROUTES[name], (1.0 if lr is None else lr)
+    elif isinstance(name, str) and ("=" in name or "+" in name):
+        routes, multiplier = parse_routes(name), (1.0 if lr is None else lr)
+    elif isinstance(name, Mapping):
+        routes, multiplier = dict(name), (1.0 if lr is None or isinstance(lr, Mapping) else lr)
+        _check_routes(routes)
+    else:
+        spec = _spec(name)
+        if not spec.matrix:
+            params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            return spec.factory(params, lr=spec.default_lr if lr is None else lr, **options)
+        routes, multiplier = {"*": name}, None
+    rates = dict(lr) if isinstance(lr, Mapping) else {}
+    unknown = set(rates) - set(routes.values())
+    if unknown:
+        raise ValueError(f"lr names {sorted(unknown)}, which no route uses; routes use {sorted(set(routes.values()))}")
+
     from .combined import CombinedOptimizer
 
-    matrix, other = split_parameters(model, head)
+    split = classify_parameters(model, head, inputs=inputs)
+    routed: dict[str, list[ParamInfo]] = {}
+    for info in split.matrix:
+        opt = next((o for pattern, o in routes.items() if any(fnmatchcase(n, pattern) for n in info.aliases)), None)
+        if opt is None:
+            raise ValueError(f"no route matches matrix parameter {info.name!r}; add a catch-all route, e.g. {{..., '*': 'muon'}}")
+        routed.setdefault(opt, []).append(info)
+    other = [(i.name, i.param) for i in split.other] + [(i.name, i.param) for i in routed.pop("adamw", [])]
     optimizers = []
-    if matrix:
-        if spec.needs_model:
-            options = {"model": model, **options}
-        optimizers.append(spec.factory(_named(matrix), lr=lr, **options))
+    for opt, infos in routed.items():
+        spec = OPTIMIZERS[opt]
+        if opt in rates:
+            rate = rates[opt]
+        elif multiplier is None:
+            rate = spec.default_lr if lr is None else lr
+        else:
+            rate = multiplier * spec.default_lr
+        if not spec.matrix:
+            optimizers.append(spec.factory([(i.name, i.param) for i in infos], lr=rate))
+            continue
+        kw = {"model": model, **options} if spec.needs_model else options
+        optimizers.append(spec.factory(_groups(infos, spec), lr=rate, **kw))
     if other:
-        optimizers.append(
-            _adamw(_named(other), lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
-        )
+        optimizers.append(_adamw(other, lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay))
     return CombinedOptimizer(optimizers)
 
 
-def _named(pairs: list[tuple[str, nn.Parameter]]) -> list[tuple[str, nn.Parameter]]:
-    """Named parameters, so that errors name them (torch.optim accepts (name, param) pairs)."""
-    return list(pairs)
+def _groups(infos: list[ParamInfo], spec: OptimizerSpec) -> list:
+    """The named matrices for ``spec``'s factory: a flat list, or with weights stored ``(in, out)``
+    two param groups, the second with ``transposed=True`` (peers get the flat list)."""
+    plain = [(i.name, i.param) for i in infos if not i.transposed]
+    flipped = [(i.name, i.param) for i in infos if i.transposed]
+    if spec.peer or not flipped:
+        return plain + flipped
+    return ([{"params": plain}] if plain else []) + [{"params": flipped, "transposed": True}]
 
 
 def _tensors(params) -> list[torch.Tensor]:
@@ -194,6 +250,8 @@ def _pto_shampoo(params, lr: float, **kw):
 
 
 _register(OptimizerSpec("muon", "Muon: spectral-norm steepest descent, msgn of Nesterov momentum by Polar Express (batched)", 0.02, _steepest("Muon")))
+_register(OptimizerSpec("muon-rms-to-rms", "Muon with scale='rms_to_rms': sqrt(fan_out/fan_in)*msgn, the modular seed's width-independent RMS->RMS step", 0.02, _steepest("Muon", scale="rms_to_rms")))
+_register(OptimizerSpec("muon-match-adamw", "Muon with scale='match_adamw': 0.2*sqrt(max(m,n))*msgn, update RMS ~0.2 like AdamW (Moonlight)", 1e-3, _steepest("Muon", scale="match_adamw")))
 _register(OptimizerSpec("neon-nuclear", "Neon, nuclear norm: rank-1 update sigma1*u1*v1^T by warm-started power iteration", 0.5, _steepest("Neon", mode="nuclear")))
 _register(OptimizerSpec("neon-fstar", "Neon, F* norm: low-rank soft-thresholded update U[S-tau]+V^T, adaptive rank", 0.5, _steepest("Neon", mode="fstar")))
 _register(OptimizerSpec("neon-nuclear-drop", "Neon nuclear with sigma dropped: u1*v1^T, as in the Neon authors' code", 0.3, _steepest("Neon", mode="nuclear", sigma="drop")))
