@@ -14,7 +14,8 @@ from typing import Any
 __all__ = ["RunConfig", "environment", "run_dir", "format_lr", "RESUME_IGNORED"]
 
 # Fields that may differ between a run and its resumption without changing its numbers' meaning.
-RESUME_IGNORED = frozenset({"data_dir", "compile"})
+# (``init_from`` is the fine-tuning checkpoint's path as spelled; its ``init_sha256`` decides.)
+RESUME_IGNORED = frozenset({"data_dir", "compile", "init_from"})
 
 
 @dataclass
@@ -36,6 +37,8 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
+    init_from: str | None = None  # fine-tuning: the checkpoint the model's weights start from
+    init_sha256: str | None = None  # sha256 of that checkpoint file
     device: str = "cpu"
     amp: bool = False  # bf16 autocast (CUDA)
     compile: bool = False

