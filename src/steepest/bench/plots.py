@@ -2,8 +2,10 @@
 
 Per task, under ``OUT/<task>/``:
 
-- ``validation.{png,svg}``: validation loss and accuracy against step and against wall-clock
-  training time, one line per optimizer setting: the mean over seeds with a min-max band;
+- ``validation.{png,svg}``: validation loss (log axis) and accuracy (logit axis, zoomed to the
+  data) against step and against wall-clock training time, one line per optimizer setting: the
+  mean over seeds with a min-max band that the axis limits never clip; an optimizer has the same
+  colour in every figure;
 - ``train_loss.{png,svg}``: smoothed training loss against step and time, likewise;
 - ``sweep.{png,svg}`` when the task has sweeps: final validation loss against learning rate.
 """
@@ -31,14 +33,42 @@ def _pyplot():
     return plt
 
 
+# Okabe-Ito's colour-blind-safe palette first, then tab10's remaining hues: an optimizer's colour
+# is fixed by its name (so it is the same in every figure), and the baseline families differ in
+# hue and lightness (AdamW black, SGD olive, Muon vermillion, Neon blue/green).
+NAMED_COLORS = {
+    "adamw": "#000000",
+    "sgd": "#bcbd22",
+    "muon": "#d55e00",
+    "neon-nuclear": "#0072b2",
+    "neon-fstar": "#009e73",
+    "newton-muon": "#cc79a7",
+    "shampoo": "#e69f00",
+    "sign": "#56b4e9",
+    "torch-muon": "#8c1d18",
+    "dion": "#7b3fa0",
+    "neon-nuclear-drop": "#6fa8dc",
+    "neon-fstar-drop": "#7fcdbb",
+    "muon-rms-to-rms": "#f0a06a",
+    "muon-match-adamw": "#a0522d",
+}
+SPARE_COLORS = ["#7f7f7f", "#17becf", "#e377c2", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#8c564b"]
+
+
 def _colors(names: list[str]) -> dict[str, str]:
-    """One colour per optimizer, fixed by its place in the registry, so that an optimizer keeps its
-    colour across figures with different subsets."""
+    """One colour per optimizer: its fixed colour in :data:`NAMED_COLORS` (the same in every
+    figure), others from :data:`SPARE_COLORS` by their place in the registry; two names of one
+    figure never share a colour."""
     from steepest.optim.build import OPTIMIZERS
 
     order = {n: i for i, n in enumerate(OPTIMIZERS)}
-    palette = [f"C{i}" for i in range(10)] + ["#8c564b", "#17becf", "#bcbd22", "#7f7f7f"]
-    return {n: palette[order.get(n, len(order) + i) % len(palette)] for i, n in enumerate(sorted(set(names)))}
+    out: dict[str, str] = {}
+    for n in sorted(set(names), key=lambda n: (n not in NAMED_COLORS, order.get(n, len(order)), n)):
+        c = NAMED_COLORS.get(n) or SPARE_COLORS[order.get(n, len(order)) % len(SPARE_COLORS)]
+        if c in out.values():
+            c = next((x for x in SPARE_COLORS if x not in out.values()), c)
+        out[n] = c
+    return out
 
 
 def _ema(v: np.ndarray, beta: float) -> np.ndarray:
@@ -50,10 +80,15 @@ def _ema(v: np.ndarray, beta: float) -> np.ndarray:
     return out
 
 
-def _band(ax, x: np.ndarray, c: Curve, color: str, label: str) -> None:
+def _band(ax, x: np.ndarray, c: Curve, color: str, label: str, extents: dict) -> None:
+    """The mean line and, over several seeds, the min-max band; records the drawn values in
+    ``extents[ax]`` so that the axis limits can include every band."""
     ax.plot(x, c.mean, color=color, label=label, lw=1.6)
+    series = [c.mean]
     if len(c.per_seed) > 1:
         ax.fill_between(x, c.low, c.high, color=color, alpha=0.2, lw=0)
+        series += [c.low, c.high]
+    extents.setdefault(ax, []).append(series)
 
 
 FIGURE_FORMATS = ("png", "svg")
@@ -86,6 +121,7 @@ def plot_task(
     for key in sorted(groups):
         by_opt[key[0]].append(key)
 
+    extents: dict = {}  # axis -> the series drawn on it, for limits that clip no band
     if groups:
         has_acc = any(curve(g, "val_acc") for g in groups.values())
         rows = [("val_loss", "validation loss")] + ([("val_acc", "validation accuracy")] if has_acc else [])
@@ -99,7 +135,7 @@ def plot_task(
                     continue
                 for j, x in enumerate((c.steps, c.time)):
                     ax = axes[i][j]
-                    _band(ax, x, c, colors[opt], label)
+                    _band(ax, x, c, colors[opt], label, extents)
                     ax.lines[-1].set_linestyle(style)
         for i, (key, title) in enumerate(rows):
             for j, xlabel in enumerate(("step", "training time (s)")):
@@ -108,7 +144,10 @@ def plot_task(
                 ax.set_ylabel(title)
                 ax.grid(alpha=0.3)
                 if key == "val_loss":
-                    _loss_limits(ax)
+                    _loss_limits(ax, extents.get(ax, []))
+                else:
+                    _accuracy_limits(ax, extents.get(ax, []))
+                    ax.set_ylabel(f"{title} (logit scale)")
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{task}: {seeds_note}")
         fig.tight_layout()
@@ -124,13 +163,13 @@ def plot_task(
             smooth = Curve(c.steps, c.time, _ema(c.mean, beta), _ema(c.low, beta), _ema(c.high, beta), c.per_seed)
             style = styles[by_opt[opt].index((opt, lr)) % len(styles)] if multi_lr else "-"
             for j, x in enumerate((c.steps, c.time)):
-                _band(axes[0][j], x, smooth, colors[opt], describe_group(opt, lr))
+                _band(axes[0][j], x, smooth, colors[opt], describe_group(opt, lr), extents)
                 axes[0][j].lines[-1].set_linestyle(style)
         for j, xlabel in enumerate(("step", "training time (s)")):
             axes[0][j].set_xlabel(xlabel)
             axes[0][j].set_ylabel("training loss (smoothed)")
             axes[0][j].grid(alpha=0.3)
-            _loss_limits(axes[0][j])
+            _loss_limits(axes[0][j], extents.get(axes[0][j], []))
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"{task}: training loss, {seeds_note}")
         fig.tight_layout()
@@ -166,19 +205,83 @@ def plot_task(
     return written
 
 
-def _loss_limits(ax) -> None:
-    """Log-scale loss axis, clipped a little above the curves' starting values so that one
-    diverging optimizer does not flatten the others."""
-    ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.lines]
-    ys = [y[np.isfinite(y) & (y > 0)] for y in ys]
-    ys = [y for y in ys if y.size]
-    if not ys:
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Round tick values in ``[lo, hi]`` for a log axis: powers of ten, else 1-2-5, else finer
+    mantissas, the first set that gives at least four ticks (so that short runs, whose losses
+    span less than a decade, still get labelled ticks next to their final values); for the
+    narrowest ranges, evenly spaced round values."""
+    k0, k1 = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
+    sets = ([1], [1, 2, 5], [1, 1.5, 2, 3, 5, 7], [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8],
+            [1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2, 2.2, 2.5, 2.8, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9])  # fmt: skip
+    ticks: list[float] = []
+    for mantissas in sets:
+        ticks = [float(f"{m * 10.0**k:.6g}") for k in range(k0, k1 + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 4:
+            return ticks
+    from matplotlib.ticker import MaxNLocator  # under a tenth of a decade: evenly spaced round values
+
+    for nbins in range(5, 12):
+        ticks = [float(f"{t:.6g}") for t in MaxNLocator(nbins=nbins, steps=[1, 2, 5, 10]).tick_values(lo, hi) if lo <= t <= hi]
+        if len(ticks) >= 4:
+            break
+    return ticks
+
+
+def _loss_limits(ax, series: list[list[np.ndarray]]) -> None:
+    """Log-scale loss axis covering every mean line and min-max band (none is clipped), except
+    that the top stops a little above the highest starting value, so that one diverging optimizer
+    does not flatten the others; round, labelled ticks (see :func:`_log_ticks`)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    values = [np.asarray(v, dtype=float) for group in series for v in group]
+    values = [v[np.isfinite(v) & (v > 0)] for v in values]
+    starts = [v[0] for v in values if v.size]
+    values = [v for v in values if v.size]
+    if not values:
         return
     ax.set_yscale("log")
-    lo = min(y.min() for y in ys)
-    top = min(max(y.max() for y in ys), max(y[0] for y in ys)) * 1.1
-    if top > lo:
-        ax.set_ylim(lo / 1.1, top)
+    lo = min(v.min() for v in values)
+    hi = min(max(v.max() for v in values), max(starts))
+    pad = (hi / lo) ** 0.04 if hi > lo else 1.1
+    bottom, top = lo / pad, hi * pad
+    ax.set_ylim(bottom, top)
+    ax.yaxis.set_major_locator(FixedLocator(_log_ticks(bottom, top)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+ACC_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
+
+
+def _accuracy_limits(ax, series: list[list[np.ndarray]]) -> None:
+    """Accuracy on a logit axis zoomed to the data: the limits cover every mean line and min-max
+    band (none is clipped), and the logit scale spreads the values near 1 (0.96 to 0.99 takes
+    about a fifth of an axis that starts at chance), which a 0-1 linear axis squeezes into a strip."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    values = np.concatenate([np.asarray(v, dtype=float).ravel() for group in series for v in group] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return
+    eps = 1e-4
+    lo, hi = float(np.clip(values.min(), eps, 1 - eps)), float(np.clip(values.max(), eps, 1 - eps))
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    expit = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    span = max(logit(hi) - logit(lo), 0.2)
+    bottom, top = expit(logit(lo) - 0.04 * span), expit(logit(hi) + 0.04 * span)
+    ax.set_yscale("logit", nonpositive="clip")
+    ax.set_ylim(bottom, top)
+    ticks = []
+    for t in sorted((t for t in ACC_TICKS if bottom <= t <= top), reverse=True):
+        if not ticks or logit(ticks[-1]) - logit(t) >= 0.06 * (logit(top) - logit(bottom)):
+            ticks.append(t)  # from the top down: labels near 1 matter most; none overlap
+    if len(ticks) < 3:
+        ticks = [float(f"{expit(logit(bottom) + f * (logit(top) - logit(bottom))):.4g}") for f in (0.1, 0.5, 0.9)]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_results(
