@@ -374,7 +374,7 @@ def _gpt(problem: Problem, opts: dict[str, Any]) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 # registry
 
-_MATRIX = ("muon", "torch-muon", "newton-muon")
+_MATRIX = ("muon", "torch-muon", "newton-muon", "muon-rms-to-rms")
 
 
 def _lrs(
@@ -385,6 +385,7 @@ def _lrs(
     (``drop``: both Neon variants with sigma dropped)."""
     lrs = {"sgd": sgd, "adamw": adamw, "shampoo": shampoo, "sign": sign}
     lrs.update({n: muon for n in _MATRIX})
+    lrs["muon-match-adamw"] = adamw  # its update RMS matches AdamW's, so AdamW's rate (Moonlight)
     for name, value in (("neon-nuclear", nuclear), ("neon-fstar", fstar), ("neon-nuclear-drop", drop), ("neon-fstar-drop", drop)):
         if value is not None:
             lrs[name] = value
