@@ -39,6 +39,7 @@ TINY = {
     "cifar10-mlp": dict(model_size="tiny", batch_size=16),
     "cifar10-resnet": dict(model_size="tiny", batch_size=16),
     "shakespeare-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
+    "pydoc-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
     "tinystories-gpt": dict(model_size="tiny", batch_size=8, data={"eval_windows": 16}),
 }
 # Where the CLI puts digits-mlp's adamw run at its default lr, seed 0.
