@@ -51,9 +51,10 @@ class Bucket:
     batch: "Bucket | None" = None  # the whole same-shape batch, when this bucket is one rank's share of it
     transposed: bool = False  # the parameters are stored (in, out) (HF Conv1D): ``shape`` is their transpose's
 
-    def _matrix(self, t: Tensor) -> Tensor:
-        """``t`` (a parameter-shaped tensor) as its ``(out, in)`` matrix: reshaped, or for a
-        transposed batch (the whole batch's flag: a rank's share inherits it) reshaped and transposed."""
+    def matrix(self, t: Tensor) -> Tensor:
+        """``t`` (a parameter-shaped tensor: momentum, gradient) as its ``(out, in)`` matrix:
+        reshaped, or for a transposed batch (the whole batch's flag: a rank's share inherits it)
+        reshaped and transposed. A view where ``t`` is contiguous: in-place writes reach ``t``."""
         if self.whole.transposed:
             return t.reshape(self.shape[1], self.shape[0]).mT
         return t.reshape(self.shape)
@@ -65,7 +66,7 @@ class Bucket:
 
     def stack(self, tensors: list[Tensor] | None = None) -> Tensor:
         """The momenta (or ``tensors``) as one ``(k, m, n)`` stack."""
-        return torch.stack([self._matrix(t) for t in (self.momenta if tensors is None else tensors)])
+        return torch.stack([self.matrix(t) for t in (self.momenta if tensors is None else tensors)])
 
     def stack_state(self, key: str) -> Tensor:
         return torch.stack([s[key] for s in self.states])

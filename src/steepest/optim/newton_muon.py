@@ -88,6 +88,13 @@ def _extractor(module: nn.Module, attr: str, n: int):
     return ("rows", n), _first, rows
 
 
+def _compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is (or holds) a ``torch.compile``'d module."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
 class NewtonMuon(Muon):
     r"""``W ← (1 − ηλ)W − η·s(m, n)·msgn(M)``, with ``M`` the momentum of ``G·K⁻¹``.
 
@@ -113,9 +120,11 @@ class NewtonMuon(Muon):
     statistics are updated as by :class:`~steepest.optim.Muon`, and a warning names them at
     their first refresh: ``MultiheadAttention.out_proj`` (torch applies it with ``F.linear``,
     not through the module, so no hook sees its input), grouped convolutions, cross-attention's
-    fused input projection, matrices whose module's forward never ran with hooks (a
-    ``torch.compile``'d model compiled before the optimizer was built: build the optimizer
-    first, or call ``torch.compiler.reset()`` after), and every matrix when no ``model`` is given.
+    fused input projection, matrices whose module's forward never ran with hooks (a model run
+    only under ``torch.no_grad`` or in eval mode), and every matrix when no ``model`` is given.
+    A ``torch.compile``'d model (``torch.compile(model)`` or ``model.compile()``) is supported:
+    Dynamo does not guard on module hooks, so :meth:`attach` calls ``torch.compiler.reset()``
+    (every compiled function of the process is retraced once on its next call, with the hooks).
 
     Build it with ``NewtonMuon(params, model=model)`` or :meth:`from_model`; the training loop
     stays unchanged. Other arguments are :class:`Muon`'s.
@@ -163,9 +172,11 @@ class NewtonMuon(Muon):
         """Install input hooks on the modules of ``model`` that apply a matrix this optimizer
         updates (see the class docstring for which); returns how many matrices are hooked."""
         mine = {id(p) for g in self.param_groups for p in g["params"]}
+        # nn.MultiheadAttention applies out_proj's weight with F.linear, never calling the module
+        bypassed = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
         count = 0
         for module, weight, transposed in matrix_modules(model):
-            if id(weight) not in mine or weight in self._sums:
+            if id(weight) not in mine or weight in self._sums or id(module) in bypassed:
                 continue
             if transposed != self.is_transposed(weight):
                 raise ValueError(
@@ -179,6 +190,10 @@ class NewtonMuon(Muon):
             self._hooks.append(module.register_forward_pre_hook(self._make_hook(weight, *found), with_kwargs=True))
             self._sums[weight] = [None, 0]
             count += 1
+        if count and _compiled(model):
+            # Dynamo does not guard on module hooks: code compiled before they existed would keep
+            # running without them. Drop the compiled code, so that it is retraced with the hooks.
+            torch.compiler.reset()
         return count
 
     def remove_hooks(self) -> None:
@@ -253,9 +268,9 @@ class NewtonMuon(Muon):
         index = {id(p): i for i, p in enumerate(group["params"])}
         names = ", ".join(self._param_name(group, index[id(p)]) for p in new)
         if hooked:
-            why = ("their modules' forward ran with no hook seeing it (a torch.compile'd model compiled before the "
-                   "optimizer was built: build the optimizer first or call torch.compiler.reset(); or no training "
-                   "forward with gradients since the last refresh)")
+            why = ("no training-mode forward with gradients enabled ran through their modules' hooks before their first "
+                   "refresh (only forwards under torch.no_grad or in eval mode, or a forward that bypasses the modules' "
+                   "__call__)")
         else:
             why = ("no module of the model applies them in a way NewtonMuon can observe (nn.MultiheadAttention.out_proj "
                    "is applied through F.linear; grouped convolutions; cross-attention's fused input projection; "
