@@ -17,11 +17,13 @@ low-rank, and the top ``r + 1`` singular values fix τ exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, check_positive_int, compute_dtype
-from .lowrank import Triplets, top_singular
+from .lowrank import Triplets, random_block, top_singular
 from .nuclear import SIGMA_MODES
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
     "fstar_threshold",
     "mean_of_norms_threshold",
     "soft_threshold_update",
+    "fstar_block",
+    "fstar_dense",
+    "fstar_adaptive",
     "FSTAR_VARIANTS",
     "FSTAR_METHODS",
 ]
@@ -103,6 +108,83 @@ def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str 
         top = d[..., :1]
         d = torch.where(top > 0, d / top.clamp(min=torch.finfo(d.dtype).tiny), torch.zeros_like(d))
     return (U * d.unsqueeze(-2)) @ V.mT, rank
+
+
+def fstar_block(M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep") -> tuple[Tensor, Tensor, Tensor]:
+    """``(D, V, r)`` of a ``(k, m, n)`` batch from ``iters`` block power iterations started at
+    ``init`` (``(k, n, l)``) and a Rayleigh–Ritz step: the soft-thresholded update of the top ``l``
+    triplets, their right vectors ``V`` (``(k, n, l)``) and the update's rank ``r`` (``(k,)``).
+    ``τ`` is exact when ``r < l`` and the top ``r + 1`` values have converged. No host read."""
+    triplets = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
+    D, rank = soft_threshold_update(triplets, variant, sigma)
+    return D, triplets.V, rank
+
+
+def fstar_dense(M: Tensor, variant: str = "seed", sigma: str = "keep") -> tuple[Tensor, Tensor, Tensor]:
+    """``(D, V, r)`` as :func:`fstar_block` but from a full SVD (``V`` has all ``min(m, n)`` columns)."""
+    U, S, Vh = torch.linalg.svd(M.to(compute_dtype(M.dtype)), full_matrices=False)
+    D, rank = soft_threshold_update(Triplets(U, S, Vh.mT), variant, sigma)
+    return D, Vh.mT, rank
+
+
+def fstar_adaptive(
+    M: Tensor,
+    init: Tensor,
+    *,
+    iters: int,
+    grow_iters: int,
+    oversample: int,
+    max_width: int,
+    variant: str = "seed",
+    sigma: str = "keep",
+    block_step: Callable = fstar_block,
+    dense_step: Callable = fstar_dense,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """F* of a ``(k, m, n)`` batch by a warm block iteration whose width follows each matrix's rank.
+
+    Every matrix's update is the one computed at the first width ``w`` of ``l, 2l, 4l, …`` (``l =
+    init.shape[-1]``, capped at ``max_width`` and ``min(m, n)``) that holds its rank ``r`` with
+    ``oversample`` columns to spare, ``r + 1 + oversample ≤ w`` (or ``w = min(m, n)``). A matrix
+    whose block would have to exceed ``max_width`` gets the dense SVD (:func:`fstar_dense`).
+    A wider block starts from the narrower one's ``V`` padded with fixed random columns and runs
+    ``grow_iters`` iterations; the first width runs ``iters``. A matrix's result depends only on
+    itself, ``init`` and the widths, not on the other matrices of the batch.
+
+    Returns ``(D, V, r)``: ``V`` holds the first ``l`` right singular vectors of each matrix's final
+    block (``(k, n, l)``), ready to warm-start the next step.
+
+    Host reads: one read of ``k`` flags per width tried (one per call when no rank outgrows
+    ``l``; none when ``l ≥ min(m, n)``). ``block_step``/``dense_step`` may be compiled versions.
+    """
+    k, m, n = M.shape
+    width = init.shape[-1]
+    full = min(m, n)
+    M = M.to(compute_dtype(M.dtype))
+    D, V, rank = block_step(M, init.to(M.dtype), iters, variant, sigma)
+    V = V.clone()
+    w, todo, Vw, rw = width, None, V, rank  # todo: the batch indices still growing (None: all)
+    while w < full:
+        grow = (rw + 1 + oversample > w).tolist()  # the host read that decides growth
+        pick = [i for i, g in enumerate(grow) if g]
+        if not pick:
+            break
+        sel = torch.tensor(pick, device=M.device)
+        todo = sel if todo is None else todo[sel]
+        if w >= max_width:
+            Dd, Vd, rd = dense_step(M[todo], variant, sigma)
+            D[todo], V[todo], rank[todo] = Dd.to(D.dtype), Vd[..., :width].to(V.dtype), rd
+            break
+        w = min(2 * w, max_width, full)
+        start = _padded(Vw[sel], w)
+        Dw, Vw, rw = block_step(M[todo], start, grow_iters, variant, sigma)
+        D[todo], V[todo], rank[todo] = Dw, Vw[..., :width], rw
+    return D, V, rank
+
+
+def _padded(Q: Tensor, width: int) -> Tensor:
+    """``Q`` (``(k, n, j)``) with fixed random columns appended up to ``width``."""
+    extra = random_block(Q.shape[:-2], Q.shape[-2], width - Q.shape[-1], dtype=Q.dtype, device=Q.device)
+    return torch.cat([Q, extra], dim=-1)
 
 
 def fstar_direction(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..directions.fstar import FSTAR_VARIANTS, soft_threshold_update
-from ..directions.lowrank import Triplets, random_block, top_singular
+from ..directions.fstar import FSTAR_VARIANTS, fstar_adaptive, fstar_block, fstar_dense
+from ..directions.lowrank import random_block, top_singular
 from ..directions.nuclear import SIGMA_MODES, rank_one
 from .base import Bucket, MatrixOptimizer, check_hyperparameter
 
@@ -24,28 +24,27 @@ def block_columns(rank: int, oversample: int, m: int, n: int) -> int:
     return min(-(-want // BLOCK_MULTIPLE) * BLOCK_MULTIPLE, m, n)
 
 
+def _fit(basis: Tensor, width: int, pad: Tensor) -> Tensor:
+    """``basis`` (``n × j``) cut to ``width`` columns, or completed with columns of ``pad``."""
+    j = basis.shape[-1]
+    return basis[..., :width] if j >= width else torch.cat([basis, pad[..., : width - j]], dim=-1)
+
+
 def _precision(M: Tensor) -> torch.dtype:
     return torch.float64 if M.dtype == torch.float64 else torch.float32
 
 
-def nuclear_step(M: Tensor, basis: Tensor, iters: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, None]:
-    """``(D, V, None)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)`` basis."""
-    triplets = top_singular(M, basis.shape[-1], init=basis, iters=iters, oversample=0, check_finite=False)
+def nuclear_step(M: Tensor, init: Tensor, iters: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, None]:
+    """``(D, V, None)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)`` block
+    (``l = init.shape[-1]`` columns are iterated)."""
+    triplets = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
     return rank_one(*triplets, sigma), triplets.V, None
-
-
-def fstar_step(M: Tensor, basis: Tensor, iters: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, Tensor]:
-    """``(D, V, r)``: the F* update from the top ``l`` triplets of a warm block power iteration."""
-    triplets = top_singular(M, basis.shape[-1], init=basis, iters=iters, oversample=0, check_finite=False)
-    D, rank = soft_threshold_update(triplets, variant, sigma)
-    return D, triplets.V, rank
 
 
 def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, Tensor]:
     """``(D, V[:, :width], r)`` from a full SVD, for ranks too large for the block iteration."""
-    U, S, Vh = torch.linalg.svd(M.to(_precision(M)), full_matrices=False)
-    D, rank = soft_threshold_update(Triplets(U, S, Vh.mT), variant, sigma)
-    return D, Vh.mT[..., :width], rank
+    D, V, rank = fstar_dense(M, variant, sigma)
+    return D, V[..., :width], rank
 
 
 class Neon(MatrixOptimizer):
@@ -59,10 +58,18 @@ class Neon(MatrixOptimizer):
     previous step's right singular block ``V`` (``n × l``) in its state and runs ``iters`` warm
     block power iterations plus a Rayleigh–Ritz step on the batch of same-shape matrices: 4mnl
     FLOPs per iteration, against Muon's ~5·(4m²n + 2m³). F* needs the top ``r + 1`` values for an
-    exact τ; its block width follows the previous step's rank ``r`` (``l = r + 1 + oversample``
-    rounded up to a multiple of 8, see :func:`block_columns`;
-    growing or shrinking at once rather than by one as in the seed's Algorithm 2), and a bucket
-    whose block would exceed ``dense_fraction·min(m, n)`` uses a dense SVD instead.
+    exact τ. Its block width ``l`` follows the batch's largest rank ``r`` of the previous step
+    (``l = r + 1 + oversample`` rounded up to a multiple of 8, see :func:`block_columns`; growing
+    or shrinking at once rather than by one as in the seed's Algorithm 2), and within the step a
+    matrix whose computed rank needs more (``r + 1 + oversample > l``) is recomputed at ``2l``,
+    ``4l``, … (``max(iters, cold_iters)`` iterations from its block padded with random columns), so
+    a rank that jumps from 2 to 40 is exact on that step (:func:`~steepest.directions.fstar_adaptive`).
+    A batch whose block would exceed ``dense_fraction·min(m, n)`` at the start of the step, or a
+    matrix whose block would have to grow past it, uses a dense SVD instead. The stored basis keeps
+    the step's starting width ``l`` (the first ``l`` vectors of the final block), so
+    :meth:`direction_state` announces exactly what is stored, on every rank; a basis of another
+    width (a parameter that skipped steps) is cut or padded to ``l``, and a block more than
+    ``oversample`` columns wider than some stored basis runs ``cold_iters``.
 
     ``sigma`` decides the update's scale. ``"keep"`` (default) is the seed's formulas: the exact
     steepest-descent minimiser, whose size follows the gradient's (like SGD), so its learning rate
@@ -88,8 +95,12 @@ class Neon(MatrixOptimizer):
         initial_rank: F*'s first guess of r (default 4). dense_fraction: see above (0.25).
         compile: ``torch.compile(fullgraph=True)`` the low-rank iteration and update (default False).
 
-    Host reads: F* reads the bucket's largest rank of the previous step to size the block (on
-    CUDA a non-blocking copy made at the end of that step, so it does not stall the device).
+    Host reads (F* only): the bucket's largest rank of the previous step, to size the block (on
+    CUDA a non-blocking copy made at the end of that step, so it does not stall the device; a
+    direct read after a load or a change of the bucket's members); and, to decide the in-step
+    growth, one read of ``k`` flags per bucket and step (more only when a rank outgrows the block;
+    none when the block already spans ``min(m, n)`` columns or the dense SVD is used). Nuclear
+    reads nothing.
     """
 
     def __init__(
@@ -132,7 +143,8 @@ class Neon(MatrixOptimizer):
         check_hyperparameter("dense_fraction", group["dense_fraction"], high=1.0)
 
     def block_width(self, group: dict, bucket: Bucket) -> int:
-        """Columns of the iterated block, from the whole batch's previous F* rank."""
+        """Columns the step starts iterating (and stores as each matrix's basis), from the whole
+        batch's largest F* rank of the previous step; the same on every rank."""
         m, n = bucket.shape
         rank = 1 if group["mode"] == "nuclear" else self._previous_rank(group, bucket.whole) + 1
         return block_columns(rank, group["oversample"], m, n)
@@ -161,16 +173,47 @@ class Neon(MatrixOptimizer):
         if self.uses_dense_svd(group, bucket, width):
             D, V, rank = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"])
         else:
-            n = bucket.shape[1]
-            warm = all("basis" in s for s in bucket.whole.states)
-            init = bucket.stack_state("basis") if warm else random_block(M.shape[:-2], n, width, dtype=_precision(M), device=M.device)
-            iters = group["iters"] if warm else group["cold_iters"]
-            step = nuclear_step if group["mode"] == "nuclear" else fstar_step
-            D, V, rank = self.math(group, step)(M, init, iters, group["variant"], group["sigma"])
+            init, iters = self._start_block(group, bucket, width, M)
+            if group["mode"] == "nuclear":
+                D, V, rank = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"])
+            else:
+                m, n = bucket.shape
+                D, V, rank = fstar_adaptive(
+                    M, init, iters=iters, grow_iters=max(group["iters"], group["cold_iters"]),
+                    oversample=group["oversample"], max_width=self.max_block_width(group, bucket),
+                    variant=group["variant"], sigma=group["sigma"],
+                    block_step=self.math(group, fstar_block), dense_step=self.math(group, fstar_dense),
+                )  # fmt: skip
         bucket.store_state("basis", V)
         if rank is not None:
             bucket.store_state("rank", rank)
         return D.to(M.dtype)
+
+    def max_block_width(self, group: dict, bucket: Bucket) -> int:
+        """The widest block F* iterates, ``⌊dense_fraction·min(m, n)⌋``; wider needs the dense SVD."""
+        return int(group["dense_fraction"] * min(*bucket.shape))
+
+    def _start_block(self, group: dict, bucket: Bucket, width: int, M: Tensor) -> tuple[Tensor, int]:
+        """The ``(k, n, width)`` start block and the number of iterations.
+
+        Each matrix's stored basis is cut to ``width`` or padded with the fixed random columns (a
+        parameter that skipped steps may hold a basis of another width). Warm (``iters``) when
+        every matrix of the whole batch has a basis at most ``oversample`` columns narrower than
+        ``width``; otherwise, as on the first step, ``cold_iters``: the added random columns
+        carry no information yet. Decided on the whole batch, so every rank decides alike."""
+        n = bucket.shape[1]
+        dtype = _precision(M)
+        states = bucket.whole.states
+        warm = all("basis" in s for s in states)
+        if not warm:
+            cold = random_block(M.shape[:-2], n, width, dtype=dtype, device=M.device)
+            init = [s["basis"] if "basis" in s else cold[0] for s in bucket.states]
+        else:
+            init = [s["basis"] for s in bucket.states]
+            warm = min(s["basis"].shape[-1] for s in states) + group["oversample"] >= width
+        pad = random_block(torch.Size(), n, width, dtype=dtype, device=M.device)
+        block = torch.stack([_fit(b.to(dtype), width, pad) for b in init])
+        return block, group["iters"] if warm else group["cold_iters"]
 
     def directions_done(self, group: dict, bucket: Bucket) -> None:
         if group["mode"] == "fstar":
@@ -184,23 +227,33 @@ class Neon(MatrixOptimizer):
         return tuple(id(p) for p in bucket.params)
 
     def _remember_rank(self, bucket: Bucket, rank: Tensor) -> None:
+        """Keep the batch's largest rank for the next step's width, keyed by the batch's members.
+        A memo of any other batch that shares a member is dropped: its ranks are no longer current
+        (a parameter whose gradient comes and goes changes the membership of its batch)."""
+        key = self._key(bucket)
+        members = set(key)
+        for other in [k for k in self._pending_rank if k != key and members.intersection(k)]:
+            del self._pending_rank[other]
         top = rank.max()
         if top.device.type == "cuda":
             host = torch.empty((), dtype=top.dtype, pin_memory=True)
             host.copy_(top, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending_rank[self._key(bucket)] = (host, event)
+            self._pending_rank[key] = (host, event)
         else:
-            self._pending_rank[self._key(bucket)] = (top, None)
+            self._pending_rank[key] = (top, None)
 
     def _previous_rank(self, group: dict, bucket: Bucket) -> int:
-        """The bucket's largest F* rank of the previous step (``initial_rank`` before any)."""
-        if not all("rank" in s for s in bucket.states):
+        """The batch's largest F* rank of the previous step (``initial_rank`` before any, and at
+        least ``initial_rank`` while some matrix has none)."""
+        ranks = [s["rank"] for s in bucket.states if "rank" in s]
+        if not ranks:
             return group["initial_rank"]
         pending = self._pending_rank.get(self._key(bucket))
-        if pending is None:  # after load_state_dict: one read of the saved ranks
-            return int(bucket.stack_state("rank").max())
+        if pending is None:  # after load_state_dict or a change of membership: one read of the saved ranks
+            top = int(torch.stack(ranks).max())
+            return top if len(ranks) == len(bucket.states) else max(top, group["initial_rank"])
         value, event = pending
         if event is not None:
             event.synchronize()  # waits for that small copy only, made a step ago
