@@ -9,15 +9,32 @@ matmuls alone. Two schedules are provided, plus the exact SVD:
   σ ∈ [~0.7, ~1.2], by design.
 * ``"polar_express"``: a different ``(a, b, c)`` per step, each optimal for the interval the previous
   step leaves (Amsel et al. 2025, the tuple used by modded-nanogpt and dion), after normalising by
-  ``1.02·‖X‖_F + 1e-6``. Same cost, closer to ``UVᵀ``. Steps beyond the fifth use the quintic
+  ``1.02·‖X‖_F``. Same cost, closer to ``UVᵀ``. Steps beyond the fifth use the quintic
   ``(15, −10, 3)/8``, which has ``p(1) = 1, p′(1) = 0`` and so converges to exactly 1.
 * ``"svd"``: exact, in float32 (float64 for float64 input); singular values below
   ``max(m, n)·eps·σ₁`` count as zero, so a rank-deficient ``G`` gives ``U_r V_rᵀ``.
 
 Tall matrices are transposed first so that the Gram matrix ``XXᵀ`` is the smaller one.
+
+**Scale.** ``msgn(cG) = msgn(G)`` for every ``c > 0``, and so is the computed result: a Frobenius
+norm in float32/bf16 overflows once ``‖G‖_F ≳ 1.8e19`` and its squares underflow below ~1e-19, so
+a matrix whose norm leaves ``[2⁻²³, ∞)`` (Newton–Schulz: ``torch.optim.Muon``'s clamp at 1e-7 lies
+below it) or ``[2⁻⁶⁰, ∞)`` (Polar Express) is first multiplied by the power of two ``2⁻ᵏ`` that
+brings its largest entry into ``[½, 1)``. A power of two changes no significand bit, so inside
+those ranges skipping it changes nothing: Newton–Schulz in bf16 stays ``torch.optim.Muon``'s
+update bit for bit. On CPU the range test reads the norms on the host (free there); on other
+devices and under ``torch.compile`` every matrix is pre-scaled (no host sync, the same bits).
+Inputs whose largest entry is below float32's smallest normal number (1.2e-38) are scaled by 2¹²⁶
+only. The SVD method is pre-scaled the same way.
+
+**Precision.** :func:`default_iteration_dtype` picks bf16 where the hardware multiplies bf16
+natively (CUDA from compute capability 8.0; CPUs with AMX tiles or AVX512-BF16, where bf16 matmuls
+run ~4× faster than float32) and float32 elsewhere (AVX2 CPUs emulate bf16, many times slower).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -31,6 +48,8 @@ __all__ = [
     "NEWTON_SCHULZ_COEFFICIENTS",
     "POLAR_EXPRESS_COEFFICIENTS",
     "default_iteration_dtype",
+    "cpu_has_native_bf16",
+    "power_of_two_scale",
     "polynomial_coefficients",
     "msgn_polynomial",
 ]
@@ -48,14 +67,34 @@ POLAR_EXPRESS_COEFFICIENTS = (
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 POLAR_EXPRESS_SAFETY = 1.02
-POLAR_EXPRESS_EPS = 1e-6
 CONVERGENT_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 
+# Frobenius norms at or above these need no pre-scaling (see the module docstring, "Scale").
+SAFE_NORM = {"newton_schulz": 2.0**-23, "polar_express": 2.0**-60}
+_TINY = 2.0**-126  # float32's (and bf16's) smallest normal number
+_MAX_SHIFT = 126  # 2**126 is the largest power of two every float32/bf16 scale factor may take
 
-def default_iteration_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where matmuls are fast in it (CUDA); float32 elsewhere (CPUs without bf16 units run
-    bf16 matmuls ~100× slower than float32)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+CPU_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: AMX tiles or AVX512-BF16, as reported by
+    ``torch.cpu._is_amx_tile_supported()`` / ``torch.cpu._is_avx512_bf16_supported()`` (a probe
+    missing from this torch counts as absent)."""
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in CPU_BF16_PROBES)
+
+
+def default_iteration_dtype(device: torch.device | str) -> torch.dtype:
+    """The matmul precision of the iterative ``msgn`` methods when none is given: bf16 on CUDA
+    devices of compute capability ≥ 8.0 and on CPUs with native bf16 matmuls
+    (:func:`cpu_has_native_bf16`: AMX or AVX512-BF16, bf16 ~4× faster than float32 there);
+    float32 elsewhere (AVX2 CPUs emulate bf16 and run it several times slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float32
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
 
 
 def polynomial_coefficients(method: str, steps: int) -> list[tuple[float, float, float]]:
@@ -80,7 +119,8 @@ def msgn(
         G: ``(..., m, n)`` real tensor.
         method: ``"polar_express"`` (default), ``"newton_schulz"`` or ``"svd"`` (exact).
         steps: polynomial steps for the iterative methods.
-        dtype: matmul precision of the iterative methods; default bf16 on CUDA, float32 elsewhere.
+        dtype: matmul precision of the iterative methods; default :func:`default_iteration_dtype`
+            (bf16 on CUDA and on CPUs with native bf16 matmuls, float32 elsewhere).
         check_finite: raise on NaN/Inf in ``G`` (one host sync).
 
     Returns:
@@ -97,25 +137,58 @@ def msgn(
 
 def _msgn_svd(G: Tensor) -> Tensor:
     X = G.to(torch.float64 if G.dtype == torch.float64 else torch.float32)
+    X = X * power_of_two_scale(X)
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     rtol = max(X.shape[-2:]) * torch.finfo(X.dtype).eps
     keep = (S > rtol * S[..., :1]).to(X.dtype)
     return ((U * keep.unsqueeze(-2)) @ Vh).to(G.dtype)
 
 
+def power_of_two_scale(X: Tensor) -> Tensor:
+    """Per matrix of ``X`` (``(..., m, n)``), the power of two ``2⁻ᵏ`` (shape ``(..., 1, 1)``, ``X``'s
+    dtype) that brings the largest ``|entry|`` into ``[½, 1)``; 1 for a zero matrix; at most 2¹²⁶
+    (float32/bf16 range). Multiplying by it is exact."""
+    amax = torch.maximum(X.amax(dim=(-2, -1), keepdim=True), -X.amin(dim=(-2, -1), keepdim=True))
+    _, exponent = torch.frexp(amax.to(torch.float64 if X.dtype == torch.float64 else torch.float32))
+    shift = (-exponent).clamp(max=_MAX_SHIFT if X.dtype != torch.float64 else 1022)
+    return torch.ldexp(torch.ones_like(amax, dtype=torch.float64 if X.dtype == torch.float64 else torch.float32), shift).to(X.dtype)
+
+
+def _frobenius(X: Tensor) -> Tensor:
+    # 2-D: Tensor.norm(), torch.optim.Muon's own call (bit parity); batched: one norm per matrix
+    return X.norm() if X.ndim == 2 else torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+
+
+def _needs_prescale(norm: Tensor, safe: float) -> bool:
+    if norm.device.type != "cpu" or torch.compiler.is_compiling():
+        return True  # no host read: pre-scale every matrix (exact, so the same bits in range)
+    return not bool(((norm >= safe) & (norm < float("inf"))).all())
+
+
+def _normalise(X: Tensor, method: str) -> Tensor:
+    """``X/‖X‖_F`` (Newton–Schulz, norm clamped at 1e-7 as in ``torch.optim.Muon``) or
+    ``X/(1.02·‖X‖_F)`` (Polar Express), per matrix, pre-scaled when the norm is out of range."""
+    norm = _frobenius(X)
+    if _needs_prescale(norm, SAFE_NORM[method]):
+        X = X * power_of_two_scale(X)
+        norm = _frobenius(X)
+    if method == "newton_schulz":
+        return X / norm.clamp(min=NEWTON_SCHULZ_EPS)
+    return X / (norm * POLAR_EXPRESS_SAFETY).clamp(min=_TINY)
+
+
 def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
-    """The iterative methods of :func:`msgn` without input checks (what optimizers call)."""
+    """The iterative methods of :func:`msgn` without input checks (what optimizers call). ``G`` is
+    not modified; with ``G.dtype == dtype`` it is read in place (no copy)."""
+    if _exponent_range(G.dtype) > _exponent_range(dtype):
+        G = G * power_of_two_scale(G)  # e.g. float64 beyond float32's range: scale before the cast
     transpose = G.shape[-2] > G.shape[-1]
     X = G.to(dtype)
     if transpose:
         X = X.mT
-    if method == "newton_schulz":
-        # torch.optim.Muon's exact operations, so that our update reproduces it bit for bit in bf16
-        norm = X.norm() if X.ndim == 2 else torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-        X = X / norm.clamp(min=NEWTON_SCHULZ_EPS)
-    else:
-        norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-        X = X / (norm * POLAR_EXPRESS_SAFETY + POLAR_EXPRESS_EPS)
+    # torch.optim.Muon's exact operations on the Newton–Schulz path, so that our update reproduces it
+    # bit for bit in bf16 (the pre-scaling only acts where its norm would under/overflow)
+    X = _normalise(X, method)
     batch_shape = X.shape[:-2]
     if X.ndim > 3:
         X = X.reshape(-1, *X.shape[-2:])
@@ -125,6 +198,10 @@ def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> T
     if transpose:
         X = X.mT
     return X.to(G.dtype)
+
+
+def _exponent_range(dtype: torch.dtype) -> int:
+    return math.frexp(torch.finfo(dtype).max)[1]
 
 
 def _quintic_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
