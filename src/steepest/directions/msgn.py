@@ -207,8 +207,8 @@ def _exponent_range(dtype: torch.dtype) -> int:
 def _quintic_step(X: Tensor, a: float, b: float, c: float) -> Tensor:
     """``aX + (bA + cA²)X`` with ``A = XXᵀ``: 3 matmuls, for 2-D or 3-D ``X``.
 
-    On CUDA the two symmetric products ``A`` and ``bA + cA·Aᵀ`` compute only their upper
-    triangles (:mod:`steepest.directions.kernels`, when Triton is installed)."""
+    With the Triton kernel opted in (:func:`~steepest.directions.kernels.enable_symmetric_kernel`),
+    CUDA batches compute only the upper triangles of the symmetric products ``A`` and ``bA + cA·Aᵀ``."""
     if X.ndim == 2:
         A = X @ X.mT
         B = torch.addmm(A, A, A, beta=b, alpha=c)
