@@ -133,7 +133,7 @@ def test_shampoo(grafting, beta2):
         D = Lr @ M @ Rr
         if grafting == "adam":
             v = 0.999 * v + 0.001 * G * G
-            adam = M / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
+            adam = M / (1 - mu ** (t + 2)) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)  # Nesterov M's bias correction
             D = D * adam.norm() / D.norm()
         expect = expect - lr * D
         torch.testing.assert_close(got, expect, **TOL)
