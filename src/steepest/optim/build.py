@@ -251,7 +251,7 @@ def _pto_shampoo(params, lr: float, **kw):
 
 _register(OptimizerSpec("muon", "Muon: spectral-norm steepest descent, msgn of Nesterov momentum by Polar Express (batched)", 0.02, _steepest("Muon")))
 _register(OptimizerSpec("muon-rms-to-rms", "Muon with scale='rms_to_rms': sqrt(fan_out/fan_in)*msgn, the modular seed's width-independent RMS->RMS step", 0.02, _steepest("Muon", scale="rms_to_rms")))
-_register(OptimizerSpec("muon-match-adamw", "Muon with scale='match_adamw': 0.2*sqrt(max(m,n))*msgn, update RMS ~0.2 like AdamW (Moonlight)", 1e-3, _steepest("Muon", scale="match_adamw")))
+_register(OptimizerSpec("muon-match-adamw", "Muon with scale='match_adamw': 0.2*sqrt(max(m,n))*msgn, update RMS ~0.2 like AdamW (Moonlight)", 3e-3, _steepest("Muon", scale="match_adamw")))
 _register(OptimizerSpec("neon-nuclear", "Neon, nuclear norm: rank-1 update sigma1*u1*v1^T by warm-started power iteration", 0.5, _steepest("Neon", mode="nuclear")))
 _register(OptimizerSpec("neon-fstar", "Neon, F* norm: low-rank soft-thresholded update U[S-tau]+V^T, adaptive rank", 0.5, _steepest("Neon", mode="fstar")))
 _register(OptimizerSpec("neon-nuclear-drop", "Neon nuclear with sigma dropped: u1*v1^T, as in the Neon authors' code", 0.3, _steepest("Neon", mode="nuclear", sigma="drop")))
