@@ -26,6 +26,7 @@ from common import MATRIX_SETS, fmt, header, measure_peaks, time_fn
 
 import steepest
 from steepest.directions import msgn
+from steepest.directions.dion import dion_rank
 from steepest.directions.families import matrix_with_spectrum
 from steepest.directions.kernels import use_symmetric_kernel
 from steepest.directions.msgn import default_iteration_dtype
@@ -131,6 +132,8 @@ def build_rows(device: torch.device, ns_dtype: torch.dtype) -> list[Row]:
         optimizer_row("steepest Neon F*", lambda ps: steepest.Neon(ps, mode="fstar"),
                       lambda m, n: lowrank_flops(m, n, block_columns(2, 8, m, n), iters=2), neon_accuracy("fstar"),
                       note="block 16 (r + 9 rounded up; r = 1 for σᵢ ∝ 1/i), 2 warm iterations"),
+        optimizer_row("steepest Dion", lambda ps: steepest.Dion(ps, momentum=mu), _dion_flops,
+                      note="r = min(m,n)/4, 1 warm power iteration + error feedback; not an msgn approximation"),
         optimizer_row("steepest NewtonMuon", _newton_muon, lambda m, n: ours(m, n) + 2 * m * n * n + 2 * n**3 / 32,
                       note="K⁻¹ refreshed every 32 steps (amortised)"),
         optimizer_row("steepest Shampoo (amortised)", lambda ps: steepest.Shampoo(ps, update_every=10), shampoo_flops,
@@ -151,6 +154,12 @@ def build_rows(device: torch.device, ns_dtype: torch.dtype) -> list[Row]:
                       available=lambda d: _has("heavyball"), note="optional peer"),
     ]
     return rows
+
+
+def _dion_flops(m: int, n: int) -> float:
+    """``BQ``, ``BᵀP``, ``PQᵀ`` and the error feedback ``PRᵀ`` (2mnr each) and the QR (≈ 4mr²)."""
+    r = dion_rank((m, n), 0.25)
+    return 8 * m * n * r + 4 * m * r * r
 
 
 def _has(module: str) -> bool:
