@@ -25,6 +25,7 @@ import torch
 import steepest
 from steepest.bench.tasks import get_task
 from steepest.directions import top_singular
+from steepest.directions.dion import dion_rank, initial_basis, next_basis, power_step
 from steepest.directions.fstar import fstar_threshold, soft_threshold_update
 from steepest.directions.lowrank import Triplets
 from steepest.directions.nuclear import rank_one
@@ -135,6 +136,27 @@ def table(task: str, captured: dict, results: dict) -> str:
     return "\n".join(lines)
 
 
+def dion_table(task: str, captured: dict[str, list[torch.Tensor]], fraction: float = 0.25) -> str:
+    """Dion's one warm power iteration per step (rank ``⌈min(m, n)/4⌉``, Q carried along the captured
+    steps from :func:`~steepest.directions.dion.initial_basis`): the captured part ``‖P Rᵀ‖_F`` over
+    the best rank-r part ``‖M_r‖_F`` (Eckart–Young, float64 SVD), cold (first step) and warm (last)."""
+    cold, warm = [], []
+    for mats in captured.values():
+        r = dion_rank(tuple(mats[0].shape), fraction)
+        Q = initial_basis(mats[0].shape[1], r)
+        for t, M in enumerate(mats):
+            f = power_step(M.float(), Q)
+            Q = next_basis(Q, f)
+            if t in (0, len(mats) - 1):
+                best = svd64(M)[1][:r].square().sum().sqrt()
+                ratio = float(torch.linalg.matrix_norm(f.P.double() @ (f.Q * f.norms).double().mT) / best)
+                (cold if t == 0 else warm).append(ratio)
+    lines = [f"### {task}: Dion (r = min(m,n)/4) captured part / best rank-r part", "", "| start | median | worst |", "|---|---|---|"]
+    for label, xs in (("cold (step 1)", cold), (f"warm (step {len(next(iter(captured.values())))})", warm)):
+        lines.append(f"| {label} | {statistics.median(xs):.4f} | {min(xs):.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="digits-mlp,digits-cnn,shakespeare-gpt")
@@ -146,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         captured = capture(name, args.capture_at, args.consecutive)
         print(table(name, captured, study(captured)))
+        print()
+        print(dion_table(name, captured))
         print()
 
 
