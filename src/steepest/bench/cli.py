@@ -214,7 +214,7 @@ def _install_hint(name: str) -> str:
 
 
 def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:
-    from steepest.optim.build import optimizer_names
+    from steepest.optim.build import optimizer_names, register_routes
 
     valid = optimizer_names()
     registered = optimizer_names(include_unavailable=True)
@@ -227,6 +227,12 @@ def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:
     if not names:
         raise BenchError(f"no optimizer named; valid optimizers: {', '.join(valid)}")
     for n in names:
+        if "=" in n:  # per-module routes, e.g. '*.mlp.*=neon-fstar+muon' (lr: a multiplier of each route's default)
+            try:
+                register_routes(n, n)
+            except ValueError as e:
+                raise BenchError(f"bad optimizer routes {n!r}: {e}") from None
+            continue
         if n in registered and n not in valid:
             raise BenchError(f"optimizer {n!r} is {_install_hint(n)}")
         if n not in valid:
