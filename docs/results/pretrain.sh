@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The pretrained model of the fine-tuning claim: shakespeare-gpt (small: 4 layers, width 128,
-# context 128), byte-level so that its vocabulary fits any corpus, 2000 AdamW steps at the task's
+# context 128), byte-level so that its vocabulary fits any corpus, 2000 AdamW steps (one thread) at the task's
 # swept rate (GPT-2, the seed's pretrained model, was trained with Adam too). Its checkpoint
 # (ckpt.pt, not committed) is regenerated here; config.json, metrics.jsonl and result.json are
 # the committed record. About 25 CPU-minutes on this project's 2-core x86-64 VM.
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-2000}
 OUT=${OUT:-docs/results/pretrain}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 RUN="$OUT/shakespeare-gpt/adamw/lr=0.003/seed=0"
 REDO=()
 if [ -f "$RUN/result.json" ] && [ ! -f "$RUN/ckpt.pt" ]; then
