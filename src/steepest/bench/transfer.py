@@ -290,6 +290,11 @@ def analyse(runs: list[Run], metric: str = "val_loss") -> list[Transfer]:
     return out
 
 
+def _signed(v: float) -> str:
+    """``+0.12`` / ``-0.40``, with no ``-0.00``."""
+    return f"{round(float(v), 2) + 0.0:+.2f}"
+
+
 def _lr_cell(c: WidthCurve) -> str:
     if c.optimum is None:
         return "diverged"
@@ -329,11 +334,11 @@ def transfer_table(transfers: list[Transfer]) -> str:
             cells = {c.width: _lr_cell(c) for c in t.curves}
             shifts = [v for v in t.seed_shifts.values() if math.isfinite(v)]
             if len(shifts) > 1:
-                spread = f"{np.mean(shifts):+.2f} ± {np.std(shifts):.2f} [{min(shifts):+.2f}, {max(shifts):+.2f}]"
+                spread = f"{_signed(np.mean(shifts))} ± {np.std(shifts):.2f} [{_signed(min(shifts))}, {_signed(max(shifts))}]"
             else:
-                spread = f"{shifts[0]:+.2f} (1 seed)" if shifts else "n/a"
+                spread = f"{_signed(shifts[0])} (1 seed)" if shifts else "n/a"
             edge = "" if t.bracketed else " (a bound: an optimum at the grid's edge)"
-            shift = "n/a" if math.isnan(t.shift) else f"{t.shift:+.2f}{edge}"
+            shift = "n/a" if math.isnan(t.shift) else f"{_signed(t.shift)}{edge}"
             ratio = "n/a" if math.isnan(t.shift) else f"{2.0 ** t.shift:.2f}x"
             row = [t.optimizer] + [cells.get(w, "") for w in widths] + [shift, spread, ratio]
             lines.append("| " + " | ".join(row) + " |")
@@ -396,7 +401,7 @@ def plot_transfer(
         ax.set_xlabel("learning rate")
         ax.set_ylabel("final validation loss")
         ax.grid(alpha=0.3, which="both")
-        shift = "n/a" if math.isnan(t.shift) else f"{t.shift:+.2f}" + ("" if t.bracketed else " (bound)")
+        shift = "n/a" if math.isnan(t.shift) else _signed(t.shift) + ("" if t.bracketed else " (bound)")
         ax.set_title(f"{t.optimizer}: lr* shift {shift} log2/doubling", fontsize=10)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
