@@ -11,6 +11,16 @@ from steepest.directions.families import matrix_family, matrix_with_spectrum
 from steepest.directions.reference import svd64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small QRs on 2 OpenMP threads of a busy 2-core machine ran ~1000× slower than on one
+    (spinning threads); one thread keeps the module fast. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def principal_cosine(A: torch.Tensor, B: torch.Tensor) -> float:
     """Smallest cosine of the principal angles between the column spaces of A and B."""
     Qa, _ = torch.linalg.qr(A.double())
@@ -83,3 +93,28 @@ def test_dtypes():
     G = matrix_family("wide")
     assert top_singular(G, 2).S.dtype == torch.float64
     assert top_singular(G.bfloat16(), 2).S.dtype == torch.float32
+
+
+SCALES = [1e-30, 1e-20, 1e-10, 1.0, 1e10, 1e20, 1e30]
+
+
+def _scaled_errors(G64: torch.Tensor, k: int, scale: float, **kw) -> tuple[float, float]:
+    """σ error (relative to σ₁) and 1 − the subspace cosine of ``top_singular(scale·G)`` in float32."""
+    U0, S0, V0 = svd64(G64)
+    U, S, V = top_singular((G64 * scale).float(), k, **kw)
+    s_err = ((S.double() / scale - S0[:k]).abs() / S0[0]).max().item()
+    return s_err, 1 - principal_cosine(V, V0[:, :k])
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_scale_equivariant_from_1e_minus_30_to_1e30(scale):
+    """A 256×128 matrix with σᵢ = 1/√i times 1e-30 … 1e30 in float32: S scales with the input and
+    the errors stay those at scale 1 (bar: 2× them plus 1e-6), with a ``tol`` test and without.
+    Without the pre-scaling the ``tol`` test's squared residual flushed to 0 at 1e-20 and 1e-30,
+    the iteration stopped at once and this test failed there."""
+    gen = torch.Generator().manual_seed(3)
+    G = matrix_with_spectrum(256, 128, 1 / torch.arange(1, 129, dtype=torch.float64).sqrt(), gen)
+    for kw in (dict(tol=1e-5, iters=1), dict(iters=3)):
+        bar = _scaled_errors(G, 4, 1.0, **kw)
+        got = _scaled_errors(G, 4, scale, **kw)
+        assert got[0] <= 2 * bar[0] + 1e-6 and got[1] <= 2 * bar[1] + 1e-6, (kw, got, bar)
