@@ -106,14 +106,14 @@ class Shampoo(MatrixOptimizer):
         matrix may join a bucket whose other members have statistics). Under DDP every rank updates
         them (the gradients are replicated) and only the roots and the preconditioning are split,
         so the statistics never travel."""
-        G = bucket.stack(bucket.grads)
-        dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
+        dtype = torch.float64 if bucket.grads[0].dtype == torch.float64 else torch.float32
+        Gc = bucket.stack(bucket.grads, dtype=dtype)
         (kr, br), (kc, bc) = rows, cols = self._blocks(group, bucket.shape)
         adam = group["grafting"] == "adam"
         for s, name in zip(bucket.states, bucket.names):
             if "L" not in s:
-                s["L"] = torch.zeros(kr, br, br, dtype=dtype, device=G.device)
-                s["R"] = torch.zeros(kc, bc, bc, dtype=dtype, device=G.device)
+                s["L"] = torch.zeros(kr, br, br, dtype=dtype, device=Gc.device)
+                s["R"] = torch.zeros(kc, bc, bc, dtype=dtype, device=Gc.device)
             elif s["L"].shape != (kr, br, br) or s["R"].shape != (kc, bc, bc):
                 raise ValueError(
                     f"Shampoo state of parameter {name} has statistics L {tuple(s['L'].shape)}, R {tuple(s['R'].shape)}, "
@@ -121,9 +121,8 @@ class Shampoo(MatrixOptimizer):
                     "resume with the max_preconditioner_dim the checkpoint was saved with"
                 )
             if adam and "graft_v" not in s:
-                s["graft_v"] = torch.zeros(bucket.shape, dtype=dtype, device=G.device)
-                s["graft_t"] = torch.zeros((), dtype=dtype, device=G.device)  # on the device: no copy per step
-        Gc = G.to(dtype)
+                s["graft_v"] = torch.zeros(bucket.shape, dtype=dtype, device=Gc.device)
+                s["graft_t"] = torch.zeros((), dtype=dtype, device=Gc.device)  # on the device: no copy per step
         L, R = block_statistics(Gc, rows, cols)
         beta2 = group["beta2"]
         new = 1.0 if beta2 == 1.0 else 1.0 - beta2
@@ -156,8 +155,7 @@ class Shampoo(MatrixOptimizer):
                 roots = block_inverse_root(torch.stack([s[key] for s in stale]), d, 4, eps)
                 for s, r in zip(stale, roots.unbind(0)):
                     s[key + "_root"] = r
-        M0 = bucket.stack()
-        M = M0.to(bucket.states[0]["L"].dtype)
+        M = bucket.stack(dtype=bucket.states[0]["L"].dtype)
         L_root, R_root = bucket.stack_state("L_root"), bucket.stack_state("R_root")
         if group["grafting"] == "adam":
             D = self.math(group, grafted_step)(
@@ -166,7 +164,7 @@ class Shampoo(MatrixOptimizer):
             )
         else:
             D = self.math(group, block_preconditioned)(L_root, M, R_root)
-        return D.to(M0.dtype)
+        return D.to(bucket.momenta[0].dtype)
 
 
 def grafted_step(
