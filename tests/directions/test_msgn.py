@@ -3,6 +3,8 @@
 Tolerances and why:
 * ``svd`` method: float64 input 1e-10 (backward-stable SVD, κ ≤ 1e6 → ≤ 1e-16·κ·n); float32 input
   1e-5 on well-conditioned families; 2e-2 on κ = 1e6 (the polar factor's error bound is ~κ·eps32).
+* Scale: msgn(cG) = msgn(G); at scales 1e-30…1e30 the error may exceed the error at scale 1 by
+  5% (measured: identical to 3 digits).
 * 5-step polynomials do not converge by design. Measured on the families (float32 and bf16):
   Muon's Newton–Schulz maps σ into [0.679, 1.136], Polar Express into [0.859, 1.143]; we assert
   [0.65, 1.2] and [0.84, 1.16], and cosines to UVᵀ of ≥ 0.98 and ≥ 0.995.
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from steepest.directions import msgn
+from steepest.directions.msgn import cpu_has_native_bf16, default_iteration_dtype
 from steepest.directions.families import FAMILIES, matrix_family
 from steepest.directions.reference import reference_msgn, relative_error, svd64
 
@@ -145,3 +148,110 @@ def test_newton_schulz_bf16_equals_torch_optim_muon_kernel():
         ours = msgn(G, method="newton_schulz", dtype=torch.bfloat16)
         theirs = torch.stack([zeropower(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float() for g in G])
         assert torch.equal(ours, theirs)
+
+
+# --- scale: msgn(cG) = msgn(G); the error at scale 1 is the bar ---------------------------------
+SCALES = [1e-30, 1e-20, 1e-10, 1e-5, 1e5, 1e10, 1e19, 1e20, 1e30]
+SCALE_CASES = [("svd", torch.float32), ("newton_schulz", torch.float32), ("newton_schulz", torch.bfloat16),
+               ("polar_express", torch.float32), ("polar_express", torch.bfloat16)]
+
+
+@pytest.fixture(scope="module")
+def realistic():
+    """A 512×256 Gaussian and its float64 msgn."""
+    G = torch.randn(512, 256, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return G, reference_msgn(G)
+
+
+@pytest.mark.parametrize("method,compute", SCALE_CASES)
+def test_every_scale_is_as_accurate_as_scale_one(realistic, method, compute):
+    """Before the pre-scaling, ‖G‖_F ≳ 1.8e19 overflowed the float32 norm (output exactly 0, error
+    1) and Polar Express's absolute eps 1e-6 ruined ‖G‖_F = 1e-10 (error 0.95). The bar: the error
+    at scale 1 (5-step polynomials do not converge: 0.17 NS, 0.094 PE; svd 1.3e-6), +5%."""
+    G, ref = realistic
+    if method == "svd":  # the exact method at 256×128 (an SVD per scale at 512×256 is slow on a busy CPU)
+        G = G[:256, :128]
+        ref = reference_msgn(G)
+    bar = relative_error(msgn(G.float(), method=method, dtype=compute), ref)
+    for scale in SCALES:
+        D = msgn((G * scale).float(), method=method, dtype=compute)
+        assert D.dtype == torch.float32 and torch.isfinite(D).all()
+        assert relative_error(D, ref) <= 1.05 * bar + 1e-6, scale
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express"])
+def test_batch_of_mixed_scales(method):
+    """Each matrix of a batch is scaled on its own: 1e-30 and 1e30 beside 1 in one (3, 256, 512)
+    stack, a conv-shaped (64, 576) batch in bf16 too; each as accurate as the batch at scale 1."""
+    gen = torch.Generator().manual_seed(4)
+    for shape, compute in (((256, 512), torch.float32), ((64, 576), torch.bfloat16)):
+        G = torch.randn(3, *shape, generator=gen, dtype=torch.float64)
+        scaled = (G * torch.tensor([1e-30, 1.0, 1e30], dtype=torch.float64)[:, None, None]).float()
+        D = msgn(scaled, method=method, dtype=compute)
+        one = msgn(G.float(), method=method, dtype=compute)
+        for i in range(3):
+            ref = reference_msgn(G[i])
+            assert relative_error(D[i], ref) <= 1.05 * relative_error(one[i], ref) + 1e-6
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_float64_input_beyond_float32_range(scale):
+    """A float64 G computed in float32 is pre-scaled before its cast (else 1e300 → inf, 1e-300 → 0)."""
+    G = matrix_family("tall")
+    for method in ("newton_schulz", "polar_express"):
+        D = msgn(G * scale, method=method, dtype=torch.float32)
+        assert D.dtype == torch.float64
+        assert relative_error(D, msgn(G, method=method, dtype=torch.float32)) <= 1e-5  # inputs rounded differently to float32
+    assert relative_error(msgn(G * scale, method="svd"), reference_msgn(G)) <= 1e-10
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_newton_schulz_bf16_parity_holds_off_scale_one(scale):
+    """The pre-scaling leaves torch.optim.Muon's bits alone in the normal range."""
+    zeropower = pytest.importorskip("torch.optim._muon")._zeropower_via_newtonschulz
+    G = matrix_family("tall").float() * scale
+    assert torch.equal(msgn(G, method="newton_schulz", dtype=torch.bfloat16), zeropower(G, (3.4445, -4.7750, 2.0315), 5, 1e-7).float())
+
+
+# --- the iteration dtype follows the hardware ---------------------------------------------------
+@pytest.mark.parametrize("amx,avx512_bf16,expected", [(False, False, torch.float32), (True, False, torch.bfloat16), (False, True, torch.bfloat16), (True, True, torch.bfloat16)])
+def test_default_iteration_dtype_on_cpu_follows_capability(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert default_iteration_dtype(torch.device("cpu")) == expected
+    assert default_iteration_dtype("cpu") == expected
+
+
+def test_missing_cpu_probe_counts_as_absent(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert not cpu_has_native_bf16()
+    assert default_iteration_dtype("cpu") == torch.float32
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 0), torch.float32), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_default_iteration_dtype_on_cuda_follows_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert default_iteration_dtype(torch.device("cuda", 0)) == expected
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_muon_default_uses_the_capability_dtype(monkeypatch, native):
+    """Muon with msgn_dtype=None steps exactly as with the dtype the probes choose."""
+    from steepest import Muon
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(256, 128), (256, 128), (128, 512)]
+    base = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    runs = []
+    for dtype in (None, torch.bfloat16 if native else torch.float32):
+        ps = [torch.nn.Parameter(b.clone()) for b in base]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        Muon(ps, lr=0.02, msgn_dtype=dtype).step()
+        runs.append(ps)
+    for p, q in zip(*runs):
+        assert torch.equal(p, q)

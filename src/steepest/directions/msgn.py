@@ -17,15 +17,14 @@ matmuls alone. Two schedules are provided, plus the exact SVD:
 Tall matrices are transposed first so that the Gram matrix ``XXᵀ`` is the smaller one.
 
 **Scale.** ``msgn(cG) = msgn(G)`` for every ``c > 0``, and so is the computed result: a Frobenius
-norm in float32/bf16 overflows once ``‖G‖_F ≳ 1.8e19`` and its squares underflow below ~1e-19, so
-a matrix whose norm leaves ``[2⁻²³, ∞)`` (Newton–Schulz: ``torch.optim.Muon``'s clamp at 1e-7 lies
-below it) or ``[2⁻⁶⁰, ∞)`` (Polar Express) is first multiplied by the power of two ``2⁻ᵏ`` that
-brings its largest entry into ``[½, 1)``. A power of two changes no significand bit, so inside
-those ranges skipping it changes nothing: Newton–Schulz in bf16 stays ``torch.optim.Muon``'s
-update bit for bit. On CPU the range test reads the norms on the host (free there); on other
-devices and under ``torch.compile`` every matrix is pre-scaled (no host sync, the same bits).
+norm in float32/bf16 overflows once ``‖G‖_F ≳ 1.8e19`` and its squares underflow below ~1e-19, so a
+matrix whose largest entry ``a`` is not in ``[2⁻²³, 2⁶⁰/√(mn))`` (Newton–Schulz; ``torch.optim.Muon``'s
+clamp of the norm at 1e-7 lies below it) or ``[2⁻⁶⁰, 2⁶⁰/√(mn))`` (Polar Express) is first multiplied
+by the power of two ``2⁻ᵏ`` that brings ``a`` into ``[½, 1)``. The test and the scaling run on the
+device (no host read: one pass for ``a``, one multiply). A power of two changes no significand bit,
+so inside those ranges Newton–Schulz in bf16 stays ``torch.optim.Muon``'s update bit for bit.
 Inputs whose largest entry is below float32's smallest normal number (1.2e-38) are scaled by 2¹²⁶
-only. The SVD method is pre-scaled the same way.
+only. The SVD method is pre-scaled the same way (always).
 
 **Precision.** :func:`default_iteration_dtype` picks bf16 where the hardware multiplies bf16
 natively (CUDA from compute capability 8.0; CPUs with AMX tiles or AVX512-BF16, where bf16 matmuls
@@ -50,6 +49,8 @@ __all__ = [
     "default_iteration_dtype",
     "cpu_has_native_bf16",
     "power_of_two_scale",
+    "largest_entry",
+    "cast_keeps_range",
     "polynomial_coefficients",
     "msgn_polynomial",
 ]
@@ -69,8 +70,10 @@ POLAR_EXPRESS_COEFFICIENTS = (
 POLAR_EXPRESS_SAFETY = 1.02
 CONVERGENT_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 
-# Frobenius norms at or above these need no pre-scaling (see the module docstring, "Scale").
-SAFE_NORM = {"newton_schulz": 2.0**-23, "polar_express": 2.0**-60}
+# Largest entries a in [low, high/√(mn)) need no pre-scaling (module docstring, "Scale"): the
+# squares of the norm neither overflow float32 nor underflow, and the norm stays above the
+# Newton–Schulz clamp (1e-7 < 2⁻²³).
+SAFE_ENTRY = {"newton_schulz": (2.0**-23, 2.0**60), "polar_express": (2.0**-60, 2.0**60)}
 _TINY = 2.0**-126  # float32's (and bf16's) smallest normal number
 _MAX_SHIFT = 126  # 2**126 is the largest power of two every float32/bf16 scale factor may take
 
@@ -144,14 +147,28 @@ def _msgn_svd(G: Tensor) -> Tensor:
     return ((U * keep.unsqueeze(-2)) @ Vh).to(G.dtype)
 
 
+def largest_entry(X: Tensor) -> Tensor:
+    """``max |X_ij|`` per matrix of ``X`` (``(..., m, n)``), shape ``(..., 1, 1)``, in float32 (float64
+    for float64 ``X``); NaN if the matrix holds one."""
+    if X.ndim == 2:
+        lo, hi = torch.aminmax(X)  # one pass
+        amax = torch.maximum(hi, -lo).reshape(1, 1)
+    else:
+        amax = torch.maximum(X.amax(dim=(-2, -1), keepdim=True), -X.amin(dim=(-2, -1), keepdim=True))
+    return amax.to(torch.float64 if X.dtype == torch.float64 else torch.float32)
+
+
+def _power_of_two(amax: Tensor, dtype: torch.dtype) -> Tensor:
+    _, exponent = torch.frexp(amax)  # amax = f·2^e, f ∈ [½, 1); e = 0 for 0
+    shift = (-exponent).clamp(max=1022 if amax.dtype == torch.float64 else _MAX_SHIFT)
+    return torch.ldexp(torch.ones_like(amax), shift).to(dtype)
+
+
 def power_of_two_scale(X: Tensor) -> Tensor:
     """Per matrix of ``X`` (``(..., m, n)``), the power of two ``2⁻ᵏ`` (shape ``(..., 1, 1)``, ``X``'s
     dtype) that brings the largest ``|entry|`` into ``[½, 1)``; 1 for a zero matrix; at most 2¹²⁶
     (float32/bf16 range). Multiplying by it is exact."""
-    amax = torch.maximum(X.amax(dim=(-2, -1), keepdim=True), -X.amin(dim=(-2, -1), keepdim=True))
-    _, exponent = torch.frexp(amax.to(torch.float64 if X.dtype == torch.float64 else torch.float32))
-    shift = (-exponent).clamp(max=_MAX_SHIFT if X.dtype != torch.float64 else 1022)
-    return torch.ldexp(torch.ones_like(amax, dtype=torch.float64 if X.dtype == torch.float64 else torch.float32), shift).to(X.dtype)
+    return _power_of_two(largest_entry(X), X.dtype)
 
 
 def _frobenius(X: Tensor) -> Tensor:
@@ -159,19 +176,16 @@ def _frobenius(X: Tensor) -> Tensor:
     return X.norm() if X.ndim == 2 else torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
 
 
-def _needs_prescale(norm: Tensor, safe: float) -> bool:
-    if norm.device.type != "cpu" or torch.compiler.is_compiling():
-        return True  # no host read: pre-scale every matrix (exact, so the same bits in range)
-    return not bool(((norm >= safe) & (norm < float("inf"))).all())
-
-
 def _normalise(X: Tensor, method: str) -> Tensor:
-    """``X/‖X‖_F`` (Newton–Schulz, norm clamped at 1e-7 as in ``torch.optim.Muon``) or
-    ``X/(1.02·‖X‖_F)`` (Polar Express), per matrix, pre-scaled when the norm is out of range."""
+    """``X/‖X‖_F`` (Newton–Schulz, the norm clamped at 1e-7 as in ``torch.optim.Muon``) or
+    ``X/(1.02·‖X‖_F)`` (Polar Express), per matrix; a matrix whose largest entry lies outside
+    ``SAFE_ENTRY[method]`` is first multiplied by :func:`power_of_two_scale` (decided on the
+    device: no host read)."""
+    amax = largest_entry(X)
+    low, high = SAFE_ENTRY[method]
+    safe = (amax >= low) & (amax * math.sqrt(X.shape[-2] * X.shape[-1]) < high)
+    X = X * torch.where(safe, torch.ones_like(amax), _power_of_two(amax, amax.dtype)).to(X.dtype)
     norm = _frobenius(X)
-    if _needs_prescale(norm, SAFE_NORM[method]):
-        X = X * power_of_two_scale(X)
-        norm = _frobenius(X)
     if method == "newton_schulz":
         return X / norm.clamp(min=NEWTON_SCHULZ_EPS)
     return X / (norm * POLAR_EXPRESS_SAFETY).clamp(min=_TINY)
@@ -180,18 +194,18 @@ def _normalise(X: Tensor, method: str) -> Tensor:
 def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
     """The iterative methods of :func:`msgn` without input checks (what optimizers call). ``G`` is
     not modified; with ``G.dtype == dtype`` it is read in place (no copy)."""
-    if _exponent_range(G.dtype) > _exponent_range(dtype):
+    if not cast_keeps_range(G.dtype, dtype):
         G = G * power_of_two_scale(G)  # e.g. float64 beyond float32's range: scale before the cast
     transpose = G.shape[-2] > G.shape[-1]
     X = G.to(dtype)
     if transpose:
         X = X.mT
+    batch_shape = X.shape[:-2]
+    # one matrix: 2-D matmuls (addmm, torch.optim.Muon's calls); several: one batched call per product
+    X = X.reshape(X.shape[-2:]) if math.prod(batch_shape) == 1 else X.reshape(-1, *X.shape[-2:])
     # torch.optim.Muon's exact operations on the Newton–Schulz path, so that our update reproduces it
     # bit for bit in bf16 (the pre-scaling only acts where its norm would under/overflow)
     X = _normalise(X, method)
-    batch_shape = X.shape[:-2]
-    if X.ndim > 3:
-        X = X.reshape(-1, *X.shape[-2:])
     for a, b, c in polynomial_coefficients(method, steps):
         X = _quintic_step(X, a, b, c)
     X = X.reshape(*batch_shape, *X.shape[-2:])
@@ -202,6 +216,12 @@ def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> T
 
 def _exponent_range(dtype: torch.dtype) -> int:
     return math.frexp(torch.finfo(dtype).max)[1]
+
+
+def cast_keeps_range(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether every finite ``source`` value stays finite in ``target`` (as float32 → bf16 does):
+    then a caller may cast before :func:`msgn_polynomial`, which otherwise pre-scales first."""
+    return _exponent_range(target) >= _exponent_range(source)
 
 
 def _quintic_step(X: Tensor, a: float, b: float, c: float) -> Tensor:

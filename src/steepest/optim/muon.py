@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..directions.msgn import MSGN_METHODS, default_iteration_dtype, msgn, msgn_polynomial
+from ..directions.msgn import MSGN_METHODS, cast_keeps_range, default_iteration_dtype, msgn, msgn_polynomial
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
 from .base import Bucket, MatrixOptimizer
 
@@ -35,7 +35,8 @@ class Muon(MatrixOptimizer):
         ns_steps: polynomial steps (default 5).
         scale: ``"original"`` (default, ``√max(1, m/n)``), ``"rms_to_rms"`` (``√(m/n)``, the seed's)
             or ``"match_adamw"`` (``0.2·√max(m, n)``).
-        msgn_dtype: matmul precision; default bf16 on CUDA, float32 on CPU.
+        msgn_dtype: matmul precision; default :func:`steepest.directions.msgn.default_iteration_dtype`:
+            bf16 on CUDA and on CPUs with native bf16 matmuls (AMX or AVX512-BF16), float32 elsewhere.
         nonfinite: ``"raise"`` (default; one host read per step), ``"skip"`` (no host read: the step
             is masked out on the device) or ``"ignore"``.
         compile: ``torch.compile(fullgraph=True)`` each bucket's direction (default False).
@@ -81,8 +82,11 @@ class Muon(MatrixOptimizer):
         return float(steps * (4 * a * a * b + 2 * a**3))
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
-        M = bucket.stack()
         if group["msgn_method"] == "svd":
-            return msgn(M, method="svd", check_finite=False)
-        dtype = group["msgn_dtype"] or default_iteration_dtype(M.device)
-        return self.math(group, msgn_polynomial)(M, group["msgn_method"], group["ns_steps"], dtype)
+            return msgn(bucket.stack(), method="svd", check_finite=False)
+        momentum = bucket.momenta[0]
+        dtype = group["msgn_dtype"] or default_iteration_dtype(momentum.device)
+        # stack and cast in one copy (none for a lone matrix in the iteration dtype); a float64
+        # momentum with a float32/bf16 iteration is stacked as float64 and pre-scaled before its cast
+        M = bucket.stack(dtype=dtype if cast_keeps_range(momentum.dtype, dtype) else None)
+        return self.math(group, msgn_polynomial)(M, group["msgn_method"], group["ns_steps"], dtype).to(momentum.dtype)
