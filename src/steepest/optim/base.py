@@ -64,9 +64,18 @@ class Bucket:
         """The whole batch: per-batch decisions (Neon's block width) are taken on it."""
         return self if self.batch is None else self.batch
 
-    def stack(self, tensors: list[Tensor] | None = None) -> Tensor:
-        """The momenta (or ``tensors``) as one ``(k, m, n)`` stack."""
-        return torch.stack([self.matrix(t) for t in (self.momenta if tensors is None else tensors)])
+    def stack(self, tensors: list[Tensor] | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The momenta (or ``tensors``) as one ``(k, m, n)`` stack of :meth:`matrix` views, in
+        ``dtype`` if given (the cast and the stacking in one copy). A single matrix already in
+        ``dtype`` comes back as a view, without a copy: do not modify the stack in place."""
+        tensors = self.momenta if tensors is None else tensors
+        dtype = tensors[0].dtype if dtype is None else dtype
+        if len(tensors) == 1:
+            return self.matrix(tensors[0]).to(dtype).unsqueeze(0)
+        out = torch.empty((len(tensors), *self.shape), dtype=dtype, device=tensors[0].device)
+        for slot, t in zip(out.unbind(0), tensors):
+            slot.copy_(self.matrix(t))
+        return out
 
     def stack_state(self, key: str) -> Tensor:
         return torch.stack([s[key] for s in self.states])
@@ -299,8 +308,11 @@ class MatrixOptimizer(Optimizer):
         mode = group["nonfinite"]
         if mode == "ignore":
             return None
-        grads = [g if g.numel() else g.new_zeros(1) for g in grads]  # a rank's shard may hold no rows
-        bad = ~torch.isfinite(torch.stack([n.to(torch.float32) for n in torch._foreach_norm(grads, float("inf"))]))
+        # one pass per gradient for its smallest and largest entries (NaN propagates into both, ±Inf
+        # shows in one): several times faster on CPU than an inf-norm (|g|, then a max)
+        zero = grads[0].new_zeros((), dtype=torch.float32)
+        extremes = [e.to(torch.float32) for g in grads for e in (torch.aminmax(g) if g.numel() else (zero, zero))]  # a shard may hold no rows
+        bad = ~torch.isfinite(torch.stack(extremes).view(-1, 2)).all(dim=1)
         bad = self.executor.any_across_ranks(bad)  # shards of one matrix live on several ranks
         if mode == "skip":
             return bad.any()
