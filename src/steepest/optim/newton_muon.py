@@ -226,8 +226,9 @@ class NewtonMuon(Muon):
         return hook
 
     def _as_matrix(self, t: Tensor, p: Tensor) -> Tensor:
-        """A gradient (or a row shard of one) as its ``(out, in)`` matrix."""
-        return t.reshape(-1, t.shape[-1]).mT if self.is_transposed(p) else t.reshape(t.shape[0], -1)
+        """A gradient (or a row shard of one, possibly empty) as its ``(out, in)`` matrix."""
+        m, n = self.matrix_shape(p)
+        return t.reshape(n, m).mT if self.is_transposed(p) else t.reshape(t.shape[0], n)
 
     def transform_gradients(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]) -> list[Tensor]:
         self._check_statistics(group, [p for p in params if p not in self._sums])
