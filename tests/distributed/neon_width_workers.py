@@ -1,0 +1,67 @@
+"""What each rank runs in :mod:`.test_neon_width` (spawned by :mod:`.spawn`; imported by name).
+
+Neon F* on matrices of realistic size (min(m, n) = 128) whose F* ranks change from step to step
+(1 → 40 → 1, differently per matrix, so the ranks' shares of one batch grow differently), with a
+parameter whose gradient comes and goes. Every rank builds the same gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import steepest
+from steepest.optim.base import LocalExecutor
+
+SHAPES = [(256, 128)] * 5 + [(128, 256)] * 2
+# per step, the F* rank of each matrix's gradient (None: no gradient this step)
+RANKS = [
+    [1, 1, 1, 1, 1, 1, 1],
+    [40, 1, 40, 1, 40, 1, 40],
+    [1, 40, 1, None, 1, 40, 1],
+    [40, 40, 1, 40, 1, 1, 1],
+    [1, 1, 1, 1, 1, 1, 1],
+]
+
+
+def spectrum(rank: int, n: int) -> torch.Tensor:
+    """``rank`` values in [1, 1.02], then a tail decaying from 0.2: F* rank exactly ``rank``."""
+    i = torch.arange(n, dtype=torch.float64)
+    return torch.cat([1 + 0.02 * (rank - 1 - i[:rank]) / rank, 0.2 * torch.exp(-(i[rank:] - rank) / 30)])
+
+
+def gradient(step: int, index: int, rank: int) -> torch.Tensor:
+    """A float64 gradient of F* rank ``rank``, the same on every rank of the process group."""
+    m, n = SHAPES[index]
+    gen = torch.Generator().manual_seed(1000 * step + index)
+    k = min(m, n)
+    U = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64)).Q
+    return (U * spectrum(rank, k)) @ V.mT
+
+
+def run(executor=None) -> dict:
+    """The updates ``D`` of every step (lr 1, momentum 0, W zeroed before each step) and the final
+    per-matrix state (basis, rank)."""
+    torch.set_num_threads(1)
+    params = [nn.Parameter(torch.zeros(s)) for s in SHAPES]
+    opt = steepest.Neon(params, lr=1.0, mode="fstar", momentum=0.0, initial_rank=1, dense_fraction=0.5)
+    if executor is not None:
+        opt.executor = executor
+    updates = []
+    for step, ranks in enumerate(RANKS):
+        for i, (p, r) in enumerate(zip(params, ranks)):
+            with torch.no_grad():
+                p.zero_()
+            p.grad = None if r is None else gradient(step, i, r).float()
+        opt.step()
+        updates.append([None if r is None else -p.detach().clone() for p, r in zip(params, ranks)])
+    state = [{k: opt.state[p][k].clone() for k in ("basis", "rank")} for p in params]
+    return {"updates": updates, "state": state, "executor": type(opt.executor).__name__}
+
+
+def ddp_width_change(rank: int, world: int) -> dict:
+    return run()
+
+
+def local_run() -> dict:
+    return run(LocalExecutor())
