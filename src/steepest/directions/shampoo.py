@@ -12,7 +12,8 @@ and ``L``, ``R`` are replaced by their block-diagonal parts ``L_i = G_{i,:} G_{i
 above with ``blockdiag(L)``, ``blockdiag(R)``. One block each way is plain Shampoo.
 
 Roots (:func:`inverse_root`): ``eigh`` in float32, redone in float64 for the matrices whose
-float32 eigenvalues give a condition ``(λ_max+ε)/(λ_min+ε) > 1e4`` (measured: the float32 root's
+float32 eigenvalues give a condition ``(λ_max+ε)/(λ_min+ε) > 1e4`` or, with ``ε = 0``, reach the
+pseudo-inverse cutoff ``d·eps32·λ_max`` (measured: the float32 root's
 relative Frobenius error is about ``2e-8·condition``, 1.3e-4 at 1e4 and d = 128, 2.7e-4 at d = 512,
 2e-2 at 1e6), and for the whole batch when the float32 ``eigh`` does not converge. A float64 ``eigh``
 that does not converge is retried on ``A + diag(δ·s·(1 + i/d))`` (``s`` the largest diagonal entry,
@@ -49,8 +50,9 @@ def inverse_root(A: Tensor, p: float, *, eps: float = 0.0, check_finite: bool = 
     ``(λ + ε)^{-1/p}`` (no cutoff). With ``ε = 0`` the root is the pseudo-inverse one: eigenvalues
     at or below ``d·eps_machine·λ_max`` (``eps_machine`` of the dtype the ``eigh`` ran in) map to 0.
     ``eigh`` runs in float32 (float64 input: float64), and in float64 for the matrices whose float32
-    condition exceeds :data:`FLOAT32_CONDITION_LIMIT` or when float32 does not converge (module
-    docstring). Each matrix's root is independent of the rest of the batch. Returns ``A``'s dtype.
+    condition exceeds :data:`FLOAT32_CONDITION_LIMIT` (with ``ε = 0``: or that have an eigenvalue
+    at float32's cutoff, so the float64 ``eigh`` decides which are zero) or when float32 does not
+    converge (module docstring). Each matrix's root is independent of the rest of the batch. Returns ``A``'s dtype.
     """
     check_matrix(A, "A", check_finite=check_finite)
     if A.shape[-1] != A.shape[-2]:
@@ -105,6 +107,8 @@ def _inverse_root(A: Tensor, p: float, eps: float) -> Tensor:
     root = _root_from_eigh(lam, Q, p, eps)
     lam = lam.clamp(min=0)
     coarse = (lam[..., -1] + eps) / (lam[..., 0] + eps) > FLOAT32_CONDITION_LIMIT  # 0/0 (A = 0, ε = 0): False
+    if eps == 0:  # which eigenvalues are zero is decided in float64 (float32's cutoff is 1.2e-4·λ_max at d = 1024)
+        coarse |= lam[..., 0] <= lam.shape[-1] * torch.finfo(lam.dtype).eps * lam[..., -1]
     if bool(coarse.any()):
         root[coarse] = _root_from_eigh(*_eigh(A[coarse].to(torch.float64)), p, eps).to(root.dtype)
     return root
