@@ -49,14 +49,43 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, budget
     return 1e3 * statistics.median(times), n
 
 
+def cpu_description() -> str:
+    """One line naming this CPU: its model name and the flags that decide bf16 speed (AVX2,
+    AVX512-BF16, AMX from /proc/cpuinfo, and torch's own probes), and the msgn iteration dtype
+    that :func:`steepest.directions.msgn.default_iteration_dtype` picks on it."""
+    from steepest.directions.msgn import default_iteration_dtype
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    probe = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
+    has = lambda flag: "yes" if flag in flags else ("no" if flags else "?")  # noqa: E731
+    kind = "AMX" if probe("_is_amx_tile_supported") else "AVX512-BF16" if probe("_is_avx512_bf16_supported") else "AVX2" if probe("_is_avx2_supported") else "other"
+    return (
+        f"CPU: {model}; {torch.get_num_threads()} threads; kind {kind} (flags: avx2 {has('avx2')}, avx512_bf16 "
+        f"{has('avx512_bf16')}, amx_tile {has('amx_tile')}, amx_bf16 {has('amx_bf16')}); msgn iteration dtype here: "
+        f"{str(default_iteration_dtype('cpu')).replace('torch.', '')}"
+    )
+
+
 def measure_peaks(device: torch.device, size: int | None = None) -> dict[str, float]:
     """The floor's two rates, measured in this run: matmul FLOP/s (an 8192³ bf16 product on CUDA; a
-    4096³ float32 product on CPU, the precision our CPU path computes in) and copy bandwidth.
-    ``size`` overrides the product's size (smoke tests)."""
+    4096³ product on CPU in the precision our CPU path computes in there, bf16 with native bf16
+    matmuls, float32 otherwise) and copy bandwidth. ``size`` overrides the product's size (smoke tests)."""
+    from steepest.directions.msgn import default_iteration_dtype
+
     if device.type == "cuda":
         default, dtype, copy_bytes = 8192, torch.bfloat16, 1 << 30
     else:
-        default, dtype, copy_bytes = 4096, torch.float32, 1 << 28
+        default, dtype, copy_bytes = 4096, default_iteration_dtype(device), 1 << 28
     size = size or default
     copy_bytes = min(copy_bytes, 4 * size * size)
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -71,7 +100,7 @@ def measure_peaks(device: torch.device, size: int | None = None) -> dict[str, fl
 
 
 def header(device: torch.device, peaks: dict[str, float], title: str) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     return (
         f"## {title}\n\n"
         f"device: {name}; torch {torch.__version__}; {datetime.date.today().isoformat()}\n"

@@ -10,7 +10,7 @@ from torch import nn
 from steepest import Muon, Neon, Shampoo, SignDescent
 
 CASES = {
-    "muon": lambda ps, **k: Muon(ps, lr=0.02, **k),
+    "muon": lambda ps, **k: Muon(ps, lr=0.02, msgn_dtype=torch.float32, **k),  # the float32 tolerance below (the default is bf16 on CPUs with native bf16)
     "neon-nuclear": lambda ps, **k: Neon(ps, lr=0.5, mode="nuclear", **k),
     "neon-fstar": lambda ps, **k: Neon(ps, lr=0.5, mode="fstar", **k),
     "shampoo": lambda ps, **k: Shampoo(ps, lr=1e-3, update_every=2, **k),
