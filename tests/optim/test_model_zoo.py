@@ -125,10 +125,7 @@ def round_robin(model) -> dict[str, str]:
     routes = {}
     names = [n for n in CLASSES]
     for k, info in enumerate(classify_parameters(model).matrix):
-        opt = names[k % len(names)]
-        if opt == "dion" and info.transposed:
-            opt = "muon"  # Dion's error feedback does not handle (in, out) storage yet (test_build xfail)
-        routes[info.name] = opt
+        routes[info.name] = names[k % len(names)]
     return routes
 
 

@@ -60,14 +60,19 @@ def power_step(B: Tensor, Q: Tensor) -> DionFactors:
     """``P = orth(B Q)`` (Householder QR), ``R = Bᵀ P``, ``Q' = R / ‖R‖_col``, in ``Q``'s dtype.
 
     ``B``: ``(..., m, n)`` (cast to ``Q``'s dtype); ``Q``: ``(..., n, r)`` with ``r ≤ min(m, n)``.
-    A column of ``R`` whose norm is zero (a zero momentum) gives a zero column of ``Q'``, so that
-    a zero ``B`` gives a zero update."""
+    A column of ``R`` whose norm is at most ``max(m, n)·eps·max(‖R‖_col)`` counts as zero (its norm
+    is set to 0 and its column of ``Q'`` is 0): when ``B`` has rank below ``r`` (a small batch's
+    gradient), the extra columns of ``P`` span rounding noise, and normalising them would turn that
+    noise into unit directions of the update. A zero ``B`` gives a zero update. (The reference adds an
+    absolute 1e-8 to the norms instead, which depends on the scale of ``B``.)"""
     X = B.to(Q.dtype)
     P = torch.linalg.qr(X @ Q, mode="reduced").Q
     R = X.mT @ P
     norms = torch.linalg.vector_norm(R, dim=-2)
+    floor = norms.amax(-1, keepdim=True) * (max(X.shape[-2:]) * torch.finfo(R.dtype).eps)
+    norms = torch.where(norms > floor, norms, torch.zeros_like(norms))
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return DionFactors(P, R / safe.unsqueeze(-2), norms)
+    return DionFactors(P, R * ((norms > 0) / safe).unsqueeze(-2), norms)
 
 
 def next_basis(previous: Tensor, factors: DionFactors) -> Tensor:

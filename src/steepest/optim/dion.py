@@ -140,13 +140,14 @@ class Dion(MatrixOptimizer):
         norms = bucket.stack_state("dion_norms")
         m, n = bucket.shape
         momenta = bucket.momenta  # this rank's buffers (whole, or FSDP2 row shards): updated in place
-        flat = [M.reshape(M.shape[0], n) for M in momenta]
-        if all(M.shape[0] == m for M in flat):
-            new = list(error_feedback(torch.stack(flat), P, Q, norms, mu).unbind(0))
-        else:  # FSDP2 row shards: this rank's rows of P
+        if all(M.numel() == m * n for M in momenta):
+            views = [bucket.matrix(M) for M in momenta]  # (out, in) views, also of (in, out)-stored weights
+            torch._foreach_copy_(views, list(error_feedback(torch.stack(views), P, Q, norms, mu).unbind(0)))
+        else:  # FSDP2 row shards (never transposed: such weights are refused): this rank's rows of P
+            flat = [M.reshape(M.shape[0], n) for M in momenta]
             starts = [_row_start(p, m) for p in bucket.params]
             new = [error_feedback(M, P[i, a : a + M.shape[0]], Q[i], norms[i], mu) for i, (a, M) in enumerate(zip(starts, flat))]
-        torch._foreach_copy_(momenta, [x.view(M.shape) for x, M in zip(new, momenta)])
+            torch._foreach_copy_(momenta, [x.view(M.shape) for x, M in zip(new, momenta)])
         for s in bucket.states:
             del s["dion_P"], s["dion_norms"]
 
