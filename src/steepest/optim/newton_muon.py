@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..directions.newton_muon import MIN_RIDGE
 from .base import LocalExecutor, check_hyperparameter
 from .muon import Muon
 from .split import classify_parameters, matrix_modules
@@ -105,7 +106,7 @@ class NewtonMuon(Muon):
     * ``K ← (1 − ema)·K + ema·ZᵀZ/N`` with ``ema = 0.05``, starting from ``init_diag·I`` (1e-3),
       updated from the inputs of every ``refresh_every``-th step (32); forward pre-hooks that the
       optimizer installs on the model collect them, on those steps only;
-    * ``K⁻¹`` of ``K + δI`` with the ridge ``δ = damping·tr(K)/d + 1e-8`` (``damping = 0.2``),
+    * ``K⁻¹`` of ``K + δI`` with the ridge ``δ = max(damping·tr(K)/d, 1e-4·‖K‖_F) + 1e-8`` (``damping = 0.2``),
       refreshed on the same steps by a float32 Cholesky factorisation (identity if it fails),
       then applied as one GEMM per step;
     * the preconditioning is applied to the raw gradient, before momentum and orthogonalisation;
@@ -296,7 +297,7 @@ class NewtonMuon(Muon):
         for idx in by_size.values():
             K = torch.stack([states[j]["input_moment"] for j in idx])
             d = K.shape[-1]
-            ridge = self.damping * torch.diagonal(K, dim1=-2, dim2=-1).sum(-1) / d + 1e-8
+            ridge = torch.maximum(self.damping * torch.diagonal(K, dim1=-2, dim2=-1).sum(-1) / d, MIN_RIDGE * torch.linalg.matrix_norm(K)) + 1e-8  # damping 0 on a singular K: still factorisable
             eye = torch.eye(d, device=K.device, dtype=K.dtype)
             chol, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
             inverse = torch.where((info == 0)[:, None, None], torch.cholesky_inverse(chol), eye)
