@@ -108,6 +108,21 @@ def test_rank_deficient_momentum():
     assert (R3 - V @ (V.T @ R3)).abs().max() < 1e-4 * R3.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-20, 1.0, 1e20])
+def test_rank_deficient_momentum_adds_no_noise_directions(dtype, scale):
+    """A rank-4 momentum with r = 32: the columns of P beyond B's range carry rounding noise only;
+    they must not become unit directions. The update is P Q'ᵀ over the 4 captured columns: rank 4
+    and ‖D‖_F = 2 (orthonormal P, unit columns of Q'), at any scale (it was rank 32, ‖D‖_F = √32)."""
+    gen = torch.Generator().manual_seed(6)
+    B = (torch.randn(256, 4, generator=gen, dtype=torch.float64) @ torch.randn(4, 128, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    D, f = dion_update(B, initial_basis(128, 32, dtype=dtype))
+    assert int((f.norms > 0).sum()) == 4
+    S = torch.linalg.svdvals(D.double())
+    assert abs(float(torch.linalg.norm(D.double())) - 2.0) < 1e-5
+    assert float(S[4]) <= 1e-6 * float(S[0])
+
+
 def test_rank_and_initial_basis():
     assert dion_rank((512, 256), 0.25) == 64
     assert dion_rank((3, 1000), 0.25) == 1

@@ -66,13 +66,18 @@ def power_step(B: Tensor, Q: Tensor) -> DionFactors:
     noise into unit directions of the update. A zero ``B`` gives a zero update. (The reference adds an
     absolute 1e-8 to the norms instead, which depends on the scale of ``B``.)"""
     X = B.to(Q.dtype)
+    # divided by its largest entry first, so that neither the products nor the norms overflow or
+    # underflow (float32 from entries of ~1e±19); P and Q' do not depend on the scale
+    scale = X.abs().amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    X = X / scale
     P = torch.linalg.qr(X @ Q, mode="reduced").Q
     R = X.mT @ P
     norms = torch.linalg.vector_norm(R, dim=-2)
     floor = norms.amax(-1, keepdim=True) * (max(X.shape[-2:]) * torch.finfo(R.dtype).eps)
     norms = torch.where(norms > floor, norms, torch.zeros_like(norms))
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return DionFactors(P, R * ((norms > 0) / safe).unsqueeze(-2), norms)
+    return DionFactors(P, R * ((norms > 0) / safe).unsqueeze(-2), norms * scale.squeeze(-1))
 
 
 def next_basis(previous: Tensor, factors: DionFactors) -> Tensor:
