@@ -133,9 +133,9 @@ def test_adaptive_grows_each_matrix_to_its_rank_and_is_batch_independent():
     G = torch.stack([_spectrum_matrix(r, 256, 128, seed) for seed, r in enumerate(ranks)])
     init = random_block(torch.Size([4]), 128, 16, dtype=torch.float32, device=G.device)
     kw = dict(iters=4, grow_iters=4, oversample=8, max_width=64)
-    D, V, r = fstar_adaptive(G.float(), init, **kw)
+    D, V, r, _ = fstar_adaptive(G.float(), init, **kw)
     assert r.tolist() == ranks and V.shape == (4, 128, 16)
     for i in range(4):
         assert relative_error(D[i], reference_fstar(G[i])) <= 1e-3
-        Di, Vi, ri = fstar_adaptive(G[i : i + 1].float(), init[i : i + 1], **kw)
+        Di, Vi, ri, _ = fstar_adaptive(G[i : i + 1].float(), init[i : i + 1], **kw)
         torch.testing.assert_close(Di[0], D[i], rtol=0, atol=1e-6 * D[i].abs().max().item())

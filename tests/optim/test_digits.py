@@ -9,7 +9,7 @@ import steepest
 
 sklearn = pytest.importorskip("sklearn.datasets")
 OURS = [n for n in steepest.optimizer_names() if not n.startswith(("heavyball", "pytorch-optimizer"))]
-LRS = {"neon-nuclear": 3.0, "neon-fstar": 3.0}  # sigma="keep": the step scales with σ₁ of the momentum, small here
+LRS = {"neon-nuclear": 3.0, "neon-fstar": 3.0, "neon-nuclear-ef": 3.0, "neon-fstar-ef": 3.0}  # sigma="keep": the step scales with σ₁ of the momentum, small here
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ __all__ = [
     "mean_of_norms_threshold",
     "soft_threshold_update",
     "fstar_block",
+    "captured_part",
     "fstar_dense",
     "fstar_adaptive",
     "FSTAR_VARIANTS",
@@ -110,21 +111,33 @@ def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str 
     return (U * d.unsqueeze(-2)) @ V.mT, rank
 
 
-def fstar_block(M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep") -> tuple[Tensor, Tensor, Tensor]:
-    """``(D, V, r)`` of a ``(k, m, n)`` batch from ``iters`` block power iterations started at
+def captured_part(triplets: Triplets, rank: Tensor) -> Tensor:
+    """``U_r Σ_r V_rᵀ``: the part of ``M`` along the first ``rank`` singular triplets (per matrix),
+    the low-rank part an update of rank ``r`` captures (error feedback removes it from the momentum)."""
+    U, S, V = triplets
+    keep = torch.arange(S.shape[-1], device=S.device) < rank.unsqueeze(-1)
+    return (U * (S * keep).unsqueeze(-2)) @ V.mT
+
+
+def fstar_block(
+    M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep", capture: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(D, V, r, C)`` of a ``(k, m, n)`` batch from ``iters`` block power iterations started at
     ``init`` (``(k, n, l)``) and a Rayleigh–Ritz step: the soft-thresholded update of the top ``l``
-    triplets, their right vectors ``V`` (``(k, n, l)``) and the update's rank ``r`` (``(k,)``).
-    ``τ`` is exact when ``r < l`` and the top ``r + 1`` values have converged. No host read."""
+    triplets, their right vectors ``V`` (``(k, n, l)``), the update's rank ``r`` (``(k,)``) and,
+    with ``capture``, :func:`captured_part` (else ``None``). ``τ`` is exact when ``r < l`` and
+    the top ``r + 1`` values have converged. No host read."""
     triplets = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
     D, rank = soft_threshold_update(triplets, variant, sigma)
-    return D, triplets.V, rank
+    return D, triplets.V, rank, captured_part(triplets, rank) if capture else None
 
 
-def fstar_dense(M: Tensor, variant: str = "seed", sigma: str = "keep") -> tuple[Tensor, Tensor, Tensor]:
-    """``(D, V, r)`` as :func:`fstar_block` but from a full SVD (``V`` has all ``min(m, n)`` columns)."""
+def fstar_dense(M: Tensor, variant: str = "seed", sigma: str = "keep", capture: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(D, V, r, C)`` as :func:`fstar_block` but from a full SVD (``V`` has all ``min(m, n)`` columns)."""
     U, S, Vh = torch.linalg.svd(M.to(compute_dtype(M.dtype)), full_matrices=False)
-    D, rank = soft_threshold_update(Triplets(U, S, Vh.mT), variant, sigma)
-    return D, Vh.mT, rank
+    triplets = Triplets(U, S, Vh.mT)
+    D, rank = soft_threshold_update(triplets, variant, sigma)
+    return D, Vh.mT, rank, captured_part(triplets, rank) if capture else None
 
 
 def fstar_adaptive(
@@ -137,9 +150,10 @@ def fstar_adaptive(
     max_width: int,
     variant: str = "seed",
     sigma: str = "keep",
+    capture: bool = False,
     block_step: Callable = fstar_block,
     dense_step: Callable = fstar_dense,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """F* of a ``(k, m, n)`` batch by a warm block iteration whose width follows each matrix's rank.
 
     Every matrix's update is the one computed at the first width ``w`` of ``l, 2l, 4l, …`` (``l =
@@ -150,8 +164,9 @@ def fstar_adaptive(
     ``grow_iters`` iterations; the first width runs ``iters``. A matrix's result depends only on
     itself, ``init`` and the widths, not on the other matrices of the batch.
 
-    Returns ``(D, V, r)``: ``V`` holds the first ``l`` right singular vectors of each matrix's final
-    block (``(k, n, l)``), ready to warm-start the next step.
+    Returns ``(D, V, r, C)``: ``V`` holds the first ``l`` right singular vectors of each matrix's
+    final block (``(k, n, l)``), ready to warm-start the next step; ``C`` is the
+    :func:`captured_part` with ``capture`` (else ``None``).
 
     Host reads: one read of ``k`` flags per width tried (one per call when no rank outgrows
     ``l``; none when ``l ≥ min(m, n)``). ``block_step``/``dense_step`` may be compiled versions.
@@ -160,7 +175,7 @@ def fstar_adaptive(
     width = init.shape[-1]
     full = min(m, n)
     M = M.to(compute_dtype(M.dtype))
-    D, V, rank = block_step(M, init.to(M.dtype), iters, variant, sigma)
+    D, V, rank, C = block_step(M, init.to(M.dtype), iters, variant, sigma, capture)
     V = V.clone()
     w, todo, Vw, rw = width, None, V, rank  # todo: the batch indices still growing (None: all)
     while w < full:
@@ -171,14 +186,18 @@ def fstar_adaptive(
         sel = torch.tensor(pick, device=M.device)
         todo = sel if todo is None else todo[sel]
         if w >= max_width:
-            Dd, Vd, rd = dense_step(M[todo], variant, sigma)
+            Dd, Vd, rd, Cd = dense_step(M[todo], variant, sigma, capture)
             D[todo], V[todo], rank[todo] = Dd.to(D.dtype), Vd[..., :width].to(V.dtype), rd
+            if capture:
+                C[todo] = Cd.to(C.dtype)
             break
         w = min(2 * w, max_width, full)
         start = _padded(Vw[sel], w)
-        Dw, Vw, rw = block_step(M[todo], start, grow_iters, variant, sigma)
+        Dw, Vw, rw, Cw = block_step(M[todo], start, grow_iters, variant, sigma, capture)
         D[todo], V[todo], rank[todo] = Dw, Vw[..., :width], rw
-    return D, V, rank
+        if capture:
+            C[todo] = Cw
+    return D, V, rank, C
 
 
 def _padded(Q: Tensor, width: int) -> Tensor:

@@ -256,6 +256,8 @@ _register(OptimizerSpec("neon-nuclear", "Neon, nuclear norm: rank-1 update sigma
 _register(OptimizerSpec("neon-fstar", "Neon, F* norm: low-rank soft-thresholded update U[S-tau]+V^T, adaptive rank", 0.5, _steepest("Neon", mode="fstar")))
 _register(OptimizerSpec("neon-nuclear-drop", "Neon nuclear with sigma dropped: u1*v1^T, as in the Neon authors' code", 0.3, _steepest("Neon", mode="nuclear", sigma="drop")))
 _register(OptimizerSpec("neon-fstar-drop", "Neon F* with sigma dropped: U[S-tau]+V^T scaled to spectral norm 1", 0.3, _steepest("Neon", mode="fstar", sigma="drop")))
+_register(OptimizerSpec("neon-nuclear-ef", "Neon nuclear with Dion's error feedback: B <- B + (1-mu)G, D = sigma1*u1*v1^T of B, B <- B - (1-mu)*sigma1*u1*v1^T", 0.5, _steepest("Neon", mode="nuclear", nesterov=False, error_feedback=True)))
+_register(OptimizerSpec("neon-fstar-ef", "Neon F* with Dion's error feedback: the captured part U_r S_r V_r^T leaves the momentum, (1-mu) of it each step", 0.5, _steepest("Neon", mode="fstar", nesterov=False, error_feedback=True)))
 
 
 def _dion(params, **kw) -> torch.optim.Optimizer:

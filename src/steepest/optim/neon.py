@@ -8,7 +8,7 @@ from torch import Tensor
 from ..directions.fstar import FSTAR_VARIANTS, fstar_adaptive, fstar_block, fstar_dense
 from ..directions.lowrank import random_block, top_singular
 from ..directions.nuclear import SIGMA_MODES, rank_one
-from .base import Bucket, MatrixOptimizer, check_hyperparameter
+from .base import Bucket, MatrixOptimizer, check_hyperparameter, local_tensor
 
 __all__ = ["Neon", "block_columns"]
 
@@ -34,17 +34,17 @@ def _precision(M: Tensor) -> torch.dtype:
     return torch.float64 if M.dtype == torch.float64 else torch.float32
 
 
-def nuclear_step(M: Tensor, init: Tensor, iters: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, None]:
-    """``(D, V, None)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)`` block
-    (``l = init.shape[-1]`` columns are iterated)."""
+def nuclear_step(M: Tensor, init: Tensor, iters: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, None, Tensor | None]:
+    """``(D, V, None, C)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)``
+    block (``l = init.shape[-1]`` columns are iterated); with ``capture``, ``C = σ₁u₁v₁ᵀ``."""
     triplets = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
-    return rank_one(*triplets, sigma), triplets.V, None
+    return rank_one(*triplets, sigma), triplets.V, None, rank_one(*triplets, "keep") if capture else None
 
 
-def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str) -> tuple[Tensor, Tensor, Tensor]:
-    """``(D, V[:, :width], r)`` from a full SVD, for ranks too large for the block iteration."""
-    D, V, rank = fstar_dense(M, variant, sigma)
-    return D, V[..., :width], rank
+def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(D, V[:, :width], r, C)`` from a full SVD, for ranks too large for the block iteration."""
+    D, V, rank, C = fstar_dense(M, variant, sigma, capture)
+    return D, V[..., :width], rank, C
 
 
 class Neon(MatrixOptimizer):
@@ -94,6 +94,19 @@ class Neon(MatrixOptimizer):
     ``r + 1`` values to be within 1e-2 (docs/performance.md).
         initial_rank: F*'s first guess of r (default 4). dense_fraction: see above (0.25).
         compile: ``torch.compile(fullgraph=True)`` the low-rank iteration and update (default False).
+        error_feedback: Dion's error feedback (Ahn et al. 2025, Algorithm 1) on Neon's low-rank
+            step (default False; needs ``nesterov=False``). Per matrix, with ``C`` the part of the
+            momentum that the step captures (``σ₁u₁v₁ᵀ`` for nuclear, ``U_rΣ_rV_rᵀ`` over the F*
+            update's rank ``r``; whatever ``sigma``)::
+
+                B ← B + (1 − μ)G;   D, C from B;   B ← B − (1 − μ)C;   W ← (1 − ηλ)W − η·D
+
+            In the captured directions the buffer decays like Neon's EMA (by μ, on the same
+            scale); elsewhere it accumulates without decay until a later step captures it, so the
+            rank-1 (or rank-r) steps move on to the directions they left behind instead of
+            following the momentum's persistent top direction. Under DDP ``C`` travels with the
+            direction (one more ``m × n`` per matrix in the state all-gather); row-sharded
+            (FSDP2) parameters are not supported with it.
 
     Host reads (F* only): the bucket's largest rank of the previous step, to size the block (on
     CUDA a non-blocking copy made at the end of that step, so it does not stall the device; a
@@ -120,11 +133,12 @@ class Neon(MatrixOptimizer):
         dense_fraction: float = 0.25,
         nonfinite: str = "raise",
         compile: bool = False,
+        error_feedback: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, mode=mode, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, sigma=sigma, variant=variant,
             iters=iters, cold_iters=cold_iters, oversample=oversample, initial_rank=initial_rank,
-            dense_fraction=dense_fraction, nonfinite=nonfinite, compile=compile,
+            dense_fraction=dense_fraction, nonfinite=nonfinite, compile=compile, error_feedback=error_feedback,
         )
         self._pending_rank: dict[tuple, tuple[Tensor, object]] = {}
         super().__init__(params, defaults)
@@ -141,6 +155,11 @@ class Neon(MatrixOptimizer):
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{key} must be an integer >= {minimum}, got {v!r}")
         check_hyperparameter("dense_fraction", group["dense_fraction"], high=1.0)
+        group.setdefault("error_feedback", False)  # checkpoints from before the option
+        if not isinstance(group["error_feedback"], bool):
+            raise ValueError(f"error_feedback must be True or False, got {group['error_feedback']!r}")
+        if group["error_feedback"] and group["nesterov"]:
+            raise ValueError("error_feedback=True accumulates Dion's momentum, which has no Nesterov form; pass nesterov=False")
 
     def block_width(self, group: dict, bucket: Bucket) -> int:
         """Columns the step starts iterating (and stores as each matrix's basis), from the whole
@@ -165,28 +184,32 @@ class Neon(MatrixOptimizer):
         layout = {"basis": ((bucket.shape[1], self.block_width(group, bucket)), dtype)}
         if group["mode"] == "fstar":
             layout["rank"] = ((), torch.int64)
+        if group.get("error_feedback", False):
+            layout["captured"] = (tuple(bucket.shape), dtype)
         return layout
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         M = bucket.stack()
         width = self.block_width(group, bucket)
+        capture = group.get("error_feedback", False)
         if self.uses_dense_svd(group, bucket, width):
-            D, V, rank = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"])
+            D, V, rank, C = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"], capture)
         else:
             init, iters = self._start_block(group, bucket, width, M)
             if group["mode"] == "nuclear":
-                D, V, rank = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"])
+                D, V, rank, C = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"], capture)
             else:
-                m, n = bucket.shape
-                D, V, rank = fstar_adaptive(
+                D, V, rank, C = fstar_adaptive(
                     M, init, iters=iters, grow_iters=max(group["iters"], group["cold_iters"]),
                     oversample=group["oversample"], max_width=self.max_block_width(group, bucket),
-                    variant=group["variant"], sigma=group["sigma"],
+                    variant=group["variant"], sigma=group["sigma"], capture=capture,
                     block_step=self.math(group, fstar_block), dense_step=self.math(group, fstar_dense),
                 )  # fmt: skip
         bucket.store_state("basis", V)
         if rank is not None:
             bucket.store_state("rank", rank)
+        if C is not None:
+            bucket.store_state("captured", C)  # removed from the momentum in directions_done
         return D.to(M.dtype)
 
     def max_block_width(self, group: dict, bucket: Bucket) -> int:
@@ -218,6 +241,34 @@ class Neon(MatrixOptimizer):
     def directions_done(self, group: dict, bucket: Bucket) -> None:
         if group["mode"] == "fstar":
             self._remember_rank(bucket, bucket.stack_state("rank"))
+        if group.get("error_feedback", False):
+            self._feed_back_error(group, bucket)
+
+    def _momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
+        """With ``error_feedback``: ``B ← B + (1 − μ)G`` (no decay: what the steps leave out
+        accumulates), the buffers themselves are the momenta; otherwise the EMA of the base class."""
+        self._skip = skip
+        if not group.get("error_feedback", False):
+            return super()._momentum(group, grads, states, skip)
+        bufs = [local_tensor(s["momentum_buffer"]) for s in states]
+        torch._foreach_add_(bufs, grads, alpha=1 - group["momentum"])  # skipped steps' grads are zero
+        return bufs
+
+    def _feed_back_error(self, group: dict, bucket: Bucket) -> None:
+        """``B ← B − (1 − μ)·C`` for every matrix of the batch (on every rank), ``C`` the captured
+        part that :meth:`direction` stored; not on a step skipped for non-finite gradients."""
+        weight = -(1 - group["momentum"])
+        skip = getattr(self, "_skip", None)
+        for state, name in zip(bucket.states, bucket.names):
+            buf = local_tensor(state["momentum_buffer"])
+            C = state.pop("captured", None)
+            if C is None or buf.numel() != C.numel():
+                raise ValueError(
+                    f"Neon(error_feedback=True) needs whole matrices on every rank, but parameter {name} is "
+                    "row-sharded (FSDP2); train it under DDP or one process, or pass error_feedback=False"
+                )
+            C = C.view(buf.shape)
+            buf.add_(C * weight if skip is None else torch.where(skip, 0.0, C * weight))
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
