@@ -21,7 +21,7 @@ norm in float32/bf16 overflows once ``‖G‖_F ≳ 1.8e19`` and its squares und
 matrix whose largest entry ``a`` is not in ``[2⁻²³, 2⁶⁰/√(mn))`` (Newton–Schulz; ``torch.optim.Muon``'s
 clamp of the norm at 1e-7 lies below it) or ``[2⁻⁶⁰, 2⁶⁰/√(mn))`` (Polar Express) is first multiplied
 by the power of two ``2⁻ᵏ`` that brings ``a`` into ``[½, 1)``. The test and the scaling run on the
-device (no host read: one pass for ``a``, one multiply). A power of two changes no significand bit,
+device (no host read: a reduction for ``a``, one multiply). A power of two changes no significand bit,
 so inside those ranges Newton–Schulz in bf16 stays ``torch.optim.Muon``'s update bit for bit.
 Inputs whose largest entry is below float32's smallest normal number (1.2e-38) are scaled by 2¹²⁶
 only. The SVD method is pre-scaled the same way (always).
@@ -74,7 +74,6 @@ CONVERGENT_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 # squares of the norm neither overflow float32 nor underflow, and the norm stays above the
 # Newton–Schulz clamp (1e-7 < 2⁻²³).
 SAFE_ENTRY = {"newton_schulz": (2.0**-23, 2.0**60), "polar_express": (2.0**-60, 2.0**60)}
-_TINY = 2.0**-126  # float32's (and bf16's) smallest normal number
 _MAX_SHIFT = 126  # 2**126 is the largest power of two every float32/bf16 scale factor may take
 
 CPU_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
@@ -188,7 +187,7 @@ def _normalise(X: Tensor, method: str) -> Tensor:
     norm = _frobenius(X)
     if method == "newton_schulz":
         return X / norm.clamp(min=NEWTON_SCHULZ_EPS)
-    return X / (norm * POLAR_EXPRESS_SAFETY).clamp(min=_TINY)
+    return X / (norm * POLAR_EXPRESS_SAFETY).clamp(min=torch.finfo(X.dtype).tiny)  # msgn(0) = 0
 
 
 def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
