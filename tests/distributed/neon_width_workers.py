@@ -39,12 +39,13 @@ def gradient(step: int, index: int, rank: int) -> torch.Tensor:
     return (U * spectrum(rank, k)) @ V.mT
 
 
-def run(executor=None) -> dict:
-    """The updates ``D`` of every step (lr 1, momentum 0, W zeroed before each step) and the final
-    per-matrix state (basis, rank)."""
+def run(executor=None, error_feedback: bool = False) -> dict:
+    """The updates ``D`` of every step (lr 1, W zeroed before each step; momentum 0, or 0.9 with
+    error feedback) and the final per-matrix state (basis, rank, momentum buffer)."""
     torch.set_num_threads(1)
     params = [nn.Parameter(torch.zeros(s)) for s in SHAPES]
-    opt = steepest.Neon(params, lr=1.0, mode="fstar", momentum=0.0, initial_rank=1, dense_fraction=0.5)
+    momentum = dict(momentum=0.9, nesterov=False, error_feedback=True) if error_feedback else dict(momentum=0.0)
+    opt = steepest.Neon(params, lr=1.0, mode="fstar", initial_rank=1, dense_fraction=0.5, **momentum)
     if executor is not None:
         opt.executor = executor
     updates = []
@@ -55,13 +56,14 @@ def run(executor=None) -> dict:
             p.grad = None if r is None else gradient(step, i, r).float()
         opt.step()
         updates.append([None if r is None else -p.detach().clone() for p, r in zip(params, ranks)])
-    state = [{k: opt.state[p][k].clone() for k in ("basis", "rank")} for p in params]
+    keys = ("basis", "rank", "momentum_buffer") if error_feedback else ("basis", "rank")
+    state = [{k: opt.state[p][k].clone() for k in keys} for p in params]
     return {"updates": updates, "state": state, "executor": type(opt.executor).__name__}
 
 
 def ddp_width_change(rank: int, world: int) -> dict:
-    return run()
+    return {"plain": run(), "error_feedback": run(error_feedback=True)}
 
 
 def local_run() -> dict:
-    return run(LocalExecutor())
+    return {"plain": run(LocalExecutor()), "error_feedback": run(LocalExecutor(), error_feedback=True)}

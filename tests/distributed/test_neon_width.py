@@ -6,7 +6,8 @@ previous width, 16, while ``direction_state()`` announced the new one). Checked:
 every update equals the single-process run's (1e-5 relative: the matrices' shares are batched
 differently, and a matrix's result does not depend on its batch beyond rounding) and the float64
 F* of its gradient (1e-3; measured ≤ 3e-5); every rank holds the same basis and rank, of the width
-the single process stores."""
+the single process stores. The same with error feedback (momentum 0.9): the captured parts travel
+with the directions, and every rank's momentum buffers equal the single process's (1e-5)."""
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def local():
     threads = torch.get_num_threads()
     try:
         out = workers.local_run()  # sets one thread
-        out["reference"] = [
+        out["plain"]["reference"] = [
             [None if r is None else reference_fstar(workers.gradient(step, i, r).float().double()) for i, r in enumerate(ranks)]
             for step, ranks in enumerate(workers.RANKS)
         ]
@@ -33,9 +34,22 @@ def local():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def ddp():
+    cache = {}
+
+    def get(world: int) -> list[dict]:
+        if world not in cache:
+            cache[world] = spawn.run(workers.ddp_width_change, world)
+        return cache[world]
+
+    return get
+
+
 @pytest.mark.parametrize("world", [2, 3])
-def test_width_change_under_ddp(world, local):
-    results = spawn.run(workers.ddp_width_change, world)
+def test_width_change_under_ddp(world, local, ddp):
+    local = local["plain"]
+    results = [out["plain"] for out in ddp(world)]
     for rank, out in enumerate(results):
         assert out["executor"] == "DistributedExecutor"
         for step, (got, want) in enumerate(zip(out["updates"], local["updates"])):
@@ -48,3 +62,18 @@ def test_width_change_under_ddp(world, local):
         for i, (s, s0, sl) in enumerate(zip(out["state"], results[0]["state"], local["state"])):
             assert torch.equal(s["basis"], s0["basis"]) and torch.equal(s["rank"], s0["rank"]), (rank, i)
             assert s["basis"].shape == sl["basis"].shape and torch.equal(s["rank"], sl["rank"]), (rank, i)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_error_feedback_under_ddp(world, local, ddp):
+    local = local["error_feedback"]
+    results = [out["error_feedback"] for out in ddp(world)]
+    for rank, out in enumerate(results):
+        for step, (got, want) in enumerate(zip(out["updates"], local["updates"])):
+            for i, (D, ref) in enumerate(zip(got, want)):
+                assert (D is None) == (ref is None)
+                if ref is not None:
+                    assert relative_error(D, ref) <= 1e-5, (rank, step, i)
+        for i, (s, sl) in enumerate(zip(out["state"], local["state"])):
+            assert relative_error(s["momentum_buffer"], sl["momentum_buffer"]) <= 1e-5, (rank, i)
+            assert torch.equal(s["momentum_buffer"], results[0]["state"][i]["momentum_buffer"]), (rank, i)
