@@ -255,3 +255,28 @@ def test_muon_default_uses_the_capability_dtype(monkeypatch, native):
         runs.append(ps)
     for p, q in zip(*runs):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])
+def test_muon_step_is_scale_free(compute):
+    """The optimizer end to end: gradients ×1e-30 and ×1e30 (momentum is linear, msgn scale-free)
+    move the weights as gradients ×1 do, on GPT-2-like shapes (a 2-matrix batch and a lone matrix)."""
+    from steepest import Muon
+
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(256, 256), (256, 256), (1024, 256)]
+    base = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    moves = {}
+    for scale in (1.0, 1e-30, 1e30):
+        ps = [torch.nn.Parameter(b.clone()) for b in base]
+        for p, g in zip(ps, grads):
+            p.grad = (g * scale).float()
+        Muon(ps, lr=0.02, msgn_dtype=compute).step()
+        moves[scale] = [p.detach() - b for p, b in zip(ps, base)]
+    # float32: the move W_new − W (~1e-3 on weights ~1) carries the weights' rounding, ~1e-4 of it;
+    # bf16: differently rounded inputs, 2⁻⁹ per iterate
+    tol = 1e-4 if compute == torch.float32 else 3e-2
+    for scale in (1e-30, 1e30):
+        for a, b in zip(moves[scale], moves[1.0]):
+            assert relative_error(a, b) <= tol, scale
