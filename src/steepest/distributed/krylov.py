@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..directions.fstar import soft_threshold_update
-from ..directions.lowrank import Triplets, random_block
+from ..directions.lowrank import Triplets
 from ..directions.nuclear import rank_one
 from ..optim.base import Bucket
 from .fsdp import row_ranges
@@ -77,9 +77,8 @@ class KrylovBatch:
         dtype = torch.float64 if M.dtype == torch.float64 else torch.float32
         A = M.to(dtype)
         width = opt.block_width(group, bucket)
-        warm = all("basis" in s for s in bucket.states)
-        Q = self._start_block(A, n, width, bucket.stack_state("basis") if warm else None)
-        for _ in range(group["iters"] if warm else group["cold_iters"]):
+        Q, iters = opt.start_block(group, bucket, width, A)  # bases of other widths cut or padded, as in one process
+        for _ in range(iters):
             P = tsqr(A @ Q, rows, rank, self.pg)
             Q = torch.linalg.qr(_sum(A.mT @ P, self.pg), mode="reduced").Q
         P = tsqr(A @ Q, rows, rank, self.pg)
@@ -93,19 +92,6 @@ class KrylovBatch:
             D, rank_ = soft_threshold_update(triplets, group["variant"], group["sigma"])
             bucket.store_state("rank", rank_)
             self.D = D.to(M.dtype)
-
-    @staticmethod
-    def _start_block(A: Tensor, n: int, width: int, init: Tensor | None) -> Tensor:
-        """As :func:`~steepest.directions.top_singular`: the previous basis, cut or padded with
-        the fixed random columns."""
-        batch = A.shape[:-2]
-        if init is None:
-            return random_block(batch, n, width, dtype=A.dtype, device=A.device)
-        Q = init.to(A.dtype)
-        if Q.shape[-1] >= width:
-            return Q[..., :width]
-        pad = random_block(batch, n, width - Q.shape[-1], dtype=A.dtype, device=A.device)
-        return torch.cat([Q, pad], dim=-1)
 
     def finish(self) -> Tensor:
         self.optimizer.directions_done(self.group, self.bucket)

@@ -195,7 +195,7 @@ class Neon(MatrixOptimizer):
         if self.uses_dense_svd(group, bucket, width):
             D, V, rank, C = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"], capture)
         else:
-            init, iters = self._start_block(group, bucket, width, M)
+            init, iters = self.start_block(group, bucket, width, M)
             if group["mode"] == "nuclear":
                 D, V, rank, C = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"], capture)
             else:
@@ -216,8 +216,9 @@ class Neon(MatrixOptimizer):
         """The widest block F* iterates, ``⌊dense_fraction·min(m, n)⌋``; wider needs the dense SVD."""
         return int(group["dense_fraction"] * min(*bucket.shape))
 
-    def _start_block(self, group: dict, bucket: Bucket, width: int, M: Tensor) -> tuple[Tensor, int]:
-        """The ``(k, n, width)`` start block and the number of iterations.
+    def start_block(self, group: dict, bucket: Bucket, width: int, M: Tensor) -> tuple[Tensor, int]:
+        """The ``(k, n, width)`` start block and the number of iterations (``M``: the ``(k, ·, n)``
+        momenta or their row shards, for the batch shape, dtype and device).
 
         Each matrix's stored basis is cut to ``width`` or padded with the fixed random columns (a
         parameter that skipped steps may hold a basis of another width). Warm (``iters``) when
