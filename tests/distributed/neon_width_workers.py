@@ -39,13 +39,13 @@ def gradient(step: int, index: int, rank: int) -> torch.Tensor:
     return (U * spectrum(rank, k)) @ V.mT
 
 
-def run(executor=None, error_feedback: bool = False) -> dict:
+def run(executor=None, error_feedback: bool = False, mode: str = "fstar") -> dict:
     """The updates ``D`` of every step (lr 1, W zeroed before each step; momentum 0, or 0.9 with
     error feedback) and the final per-matrix state (basis, rank, momentum buffer)."""
     torch.set_num_threads(1)
     params = [nn.Parameter(torch.zeros(s)) for s in SHAPES]
     momentum = dict(momentum=0.9, nesterov=False, error_feedback=True) if error_feedback else dict(momentum=0.0)
-    opt = steepest.Neon(params, lr=1.0, mode="fstar", initial_rank=1, dense_fraction=0.5, **momentum)
+    opt = steepest.Neon(params, lr=1.0, mode=mode, initial_rank=1, dense_fraction=0.5, **momentum)
     if executor is not None:
         opt.executor = executor
     updates = []
@@ -56,14 +56,19 @@ def run(executor=None, error_feedback: bool = False) -> dict:
             p.grad = None if r is None else gradient(step, i, r).float()
         opt.step()
         updates.append([None if r is None else -p.detach().clone() for p, r in zip(params, ranks)])
-    keys = ("basis", "rank", "momentum_buffer") if error_feedback else ("basis", "rank")
+    keys = ("basis", "momentum_buffer") if error_feedback else ("basis",)
+    keys += ("rank",) if mode == "fstar" else ()
     state = [{k: opt.state[p][k].clone() for k in keys} for p in params]
     return {"updates": updates, "state": state, "executor": type(opt.executor).__name__}
 
 
 def ddp_width_change(rank: int, world: int) -> dict:
-    return {"plain": run(), "error_feedback": run(error_feedback=True)}
+    return {"plain": run(), "error_feedback": run(error_feedback=True), "error_feedback_nuclear": run(error_feedback=True, mode="nuclear")}
 
 
 def local_run() -> dict:
-    return {"plain": run(LocalExecutor()), "error_feedback": run(LocalExecutor(), error_feedback=True)}
+    return {
+        "plain": run(LocalExecutor()),
+        "error_feedback": run(LocalExecutor(), error_feedback=True),
+        "error_feedback_nuclear": run(LocalExecutor(), error_feedback=True, mode="nuclear"),
+    }

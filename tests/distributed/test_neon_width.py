@@ -7,7 +7,8 @@ every update equals the single-process run's (1e-5 relative: the matrices' share
 differently, and a matrix's result does not depend on its batch beyond rounding) and the float64
 F* of its gradient (1e-3; measured ≤ 3e-5); every rank holds the same basis and rank, of the width
 the single process stores. The same with error feedback (momentum 0.9): the captured parts travel
-with the directions, and every rank's momentum buffers equal the single process's (1e-5)."""
+with the directions (F*: ``C``; nuclear: its factors), and every rank's momentum buffers equal the
+single process's (1e-5)."""
 
 import pytest
 import torch
@@ -65,9 +66,10 @@ def test_width_change_under_ddp(world, local, ddp):
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_error_feedback_under_ddp(world, local, ddp):
-    local = local["error_feedback"]
-    results = [out["error_feedback"] for out in ddp(world)]
+@pytest.mark.parametrize("kind", ["error_feedback", "error_feedback_nuclear"])
+def test_error_feedback_under_ddp(world, kind, local, ddp):
+    local = local[kind]
+    results = [out[kind] for out in ddp(world)]
     for rank, out in enumerate(results):
         for step, (got, want) in enumerate(zip(out["updates"], local["updates"])):
             for i, (D, ref) in enumerate(zip(got, want)):

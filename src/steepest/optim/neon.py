@@ -34,11 +34,13 @@ def _precision(M: Tensor) -> torch.dtype:
     return torch.float64 if M.dtype == torch.float64 else torch.float32
 
 
-def nuclear_step(M: Tensor, init: Tensor, iters: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, None, Tensor | None]:
+def nuclear_step(M: Tensor, init: Tensor, iters: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, None, tuple[Tensor, Tensor] | None]:
     """``(D, V, None, C)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)``
-    block (``l = init.shape[-1]`` columns are iterated); with ``capture``, ``C = σ₁u₁v₁ᵀ``."""
-    triplets = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
-    return rank_one(*triplets, sigma), triplets.V, None, rank_one(*triplets, "keep") if capture else None
+    block (``l = init.shape[-1]`` columns are iterated); with ``capture``, the factors
+    ``(σ₁u₁, v₁)`` (``(k, m, 1)``, ``(k, n, 1)``) of the captured part ``C = σ₁u₁v₁ᵀ``."""
+    U, S, V = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
+    factors = (U[..., :1] * S[..., None, :1], V[..., :1]) if capture else None
+    return rank_one(U, S, V, sigma), V, None, factors
 
 
 def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -105,8 +107,10 @@ class Neon(MatrixOptimizer):
             scale); elsewhere it accumulates without decay until a later step captures it, so the
             rank-1 (or rank-r) steps move on to the directions they left behind instead of
             following the momentum's persistent top direction. Under DDP ``C`` travels with the
-            direction (one more ``m × n`` per matrix in the state all-gather); row-sharded
-            (FSDP2) parameters are not supported with it.
+            direction in the state all-gather (nuclear: its factors ``σ₁u₁``, ``v₁``, ``m + n``
+            numbers per matrix; F*: ``C`` itself, ``m × n``, since its rank is known only after the
+            step) and every rank subtracts it from its copy; row-sharded (FSDP2) parameters are
+            not supported with it.
 
     Host reads (F* only): the bucket's largest rank of the previous step, to size the block (on
     CUDA a non-blocking copy made at the end of that step, so it does not stall the device; a
@@ -184,7 +188,10 @@ class Neon(MatrixOptimizer):
         layout = {"basis": ((bucket.shape[1], self.block_width(group, bucket)), dtype)}
         if group["mode"] == "fstar":
             layout["rank"] = ((), torch.int64)
-        if group.get("error_feedback", False):
+        if group.get("error_feedback", False) and group["mode"] == "nuclear":
+            m, n = bucket.shape
+            layout["captured_left"], layout["captured_right"] = ((m, 1), dtype), ((n, 1), dtype)
+        elif group.get("error_feedback", False):
             layout["captured"] = (tuple(bucket.shape), dtype)
         return layout
 
@@ -208,7 +215,10 @@ class Neon(MatrixOptimizer):
         bucket.store_state("basis", V)
         if rank is not None:
             bucket.store_state("rank", rank)
-        if C is not None:
+        if isinstance(C, tuple):  # nuclear: the factors (σ₁u₁, v₁), m + n numbers per matrix
+            bucket.store_state("captured_left", C[0])
+            bucket.store_state("captured_right", C[1])
+        elif C is not None:
             bucket.store_state("captured", C)  # removed from the momentum in directions_done
         return D.to(M.dtype)
 
@@ -263,6 +273,8 @@ class Neon(MatrixOptimizer):
         for state, name in zip(bucket.states, bucket.names):
             buf = local_tensor(state["momentum_buffer"])
             C = state.pop("captured", None)
+            if "captured_left" in state:
+                C = state.pop("captured_left") @ state.pop("captured_right").mT
             if C is None or buf.numel() != C.numel():
                 raise ValueError(
                     f"Neon(error_feedback=True) needs whole matrices on every rank, but parameter {name} is "
