@@ -232,3 +232,29 @@ def test_bf16_model_resumes_exactly(mode):
     _train(resumed, opt_resumed, 3, 3)
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("mode", ["nuclear", "fstar"])
+def test_extreme_scales_match_the_error_at_scale_one(mode):
+    """Neon's fixed-iteration path on 512×256 gradients scaled by 1e-30 … 1e30 (float32): each
+    update's error against float64 stays that at scale 1 (bar: 2× it plus 1e-6)."""
+    from steepest.directions.reference import reference_nuclear
+
+    def errors(scale: float) -> list[float]:
+        grads = Gradients(M_ROWS, N_COLS, seed=4)
+        W = nn.Parameter(torch.zeros(M_ROWS, N_COLS))
+        opt = Neon([W], lr=1.0, mode=mode, momentum=0.0, initial_rank=1)
+        out = []
+        for rank in (1, 40, 1):
+            G = grads(rank) * scale
+            if mode == "nuclear":
+                G = G + 2 * scale * grads.U[:, :1] @ grads.V[:, :1].T  # a σ₁ gap
+            G = G.float().double()
+            ref = reference_nuclear(G) if mode == "nuclear" else reference_fstar(G)
+            out.append(relative_error(update(opt, W, G), ref))
+        return out
+
+    bar = errors(1.0)
+    for scale in (1e-30, 1e-20, 1e20, 1e30):
+        got = errors(scale)
+        assert all(g <= 2 * b + 1e-6 for g, b in zip(got, bar)), (scale, got, bar)
