@@ -19,6 +19,7 @@ from torch import nn
 import steepest
 from steepest.directions.dion import dion_rank, initial_basis
 from steepest.distributed.partition import direction_flops
+from steepest.optim.base import MatrixOptimizer
 from steepest.optim.dion import Dion
 
 SHAPES = [(512, 256), (256, 512), (768, 3072)]
@@ -225,10 +226,11 @@ def test_direction_flops_is_what_the_partitioner_uses():
     r = dion_rank((768, 3072), 0.25)
     assert direction_flops(opt, group, (768, 3072)) == 6 * 768 * 3072 * r + 4 * 768 * r * r
 
-    class Plain:  # no direction_flops: the documented fallback
-        elementwise = False
+    class Plain(MatrixOptimizer):  # states no cost: the base class's m·n·min(m, n)
+        pass
 
-    assert direction_flops(Plain(), {}, (8, 4)) == 8 * 4 * 4
+    plain = Plain([nn.Parameter(torch.zeros(8, 4))], dict(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, nonfinite="raise"))
+    assert direction_flops(plain, plain.param_groups[0], (8, 4)) == 8 * 4 * 4
 
 
 @pytest.mark.parametrize(

@@ -89,18 +89,7 @@ def assign(batches: list[tuple[int, float]], world: int) -> list[Assignment]:
 
 
 def direction_flops(optimizer, group: dict, shape: tuple[int, int]) -> float:
-    """A FLOP estimate of one matrix's direction, used only to balance the split.
-
-    Each optimizer states its own cost: ``optimizer.direction_flops(group, shape)`` when it defines
-    that method (Muon, Newton-Muon, Neon, Shampoo, sign descent and Dion do), so that the
-    partitioner needs no knowledge of any optimizer's internals. Without it: ``m·n`` for an
-    element-wise direction (``optimizer.elementwise``), else ``m·n·min(m, n)`` (one dense
-    factorisation's order).
-    """
-    cost = getattr(optimizer, "direction_flops", None)
-    if cost is not None:
-        return float(cost(group, shape))
-    m, n = shape
-    if getattr(optimizer, "elementwise", False):
-        return float(m * n)
-    return float(m * n * min(m, n))
+    """A FLOP estimate of one matrix's direction, used only to balance the split: each optimizer
+    states its own (``MatrixOptimizer.direction_flops``, overridden by Muon, Neon, Shampoo, sign
+    descent and Dion), so that the partitioner needs no knowledge of any optimizer's internals."""
+    return float(optimizer.direction_flops(group, shape))

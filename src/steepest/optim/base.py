@@ -225,6 +225,13 @@ class MatrixOptimizer(Optimizer):
     def directions_done(self, group: dict, bucket: Bucket) -> None:
         """Called once every matrix of the batch has its direction and state (on every rank)."""
 
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """A FLOP estimate of one ``(m, n)`` matrix's direction, used only to balance the split of
+        the work across ranks; subclasses state their own. Default: ``m·n`` for an element-wise
+        direction, else ``m·n·min(m, n)`` (one dense factorisation's order)."""
+        m, n = shape
+        return float(m * n) if self.elementwise else float(m * n * min(m, n))
+
     def lr_scale(self, group: dict, shape: tuple[int, int]) -> float:
         """Shape-dependent factor on the learning rate (Muon's ``√max(1, m/n)``)."""
         return 1.0
@@ -332,7 +339,7 @@ class MatrixOptimizer(Optimizer):
         if skip is not None:
             grads = [g.masked_fill(skip, 0) for g in grads]
         grads = self.transform_gradients(group, params, grads, states)
-        momenta = self._momentum(group, grads, states, skip)
+        momenta = self.update_momentum(group, grads, states, skip)
         buckets = self._buckets(params, grads, momenta, states, names)
         for bucket, D in zip(buckets, self.executor.directions(self, group, buckets)):
             if skip is not None:
@@ -355,7 +362,11 @@ class MatrixOptimizer(Optimizer):
     def executor(self, value: "LocalExecutor") -> None:
         self._executor = value
 
-    def _momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
+    def update_momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
+        """Fold ``grads`` into the momentum buffers and return the ``M`` that directions are computed
+        from: the EMA ``B ← μB + (1−μ)G`` (not on skipped steps), ``M = (1−μ)G + μB`` with Nesterov,
+        else ``B``; ``grads`` themselves when μ = 0. A hook: optimizers with their own rule override
+        it (Dion's and Neon's error feedback: ``B ← B + G``-style accumulation)."""
         mu = group["momentum"]
         if mu == 0:
             return grads

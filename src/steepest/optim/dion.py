@@ -96,7 +96,7 @@ class Dion(MatrixOptimizer):
         r = self.rank(group, shape)
         return float(6 * m * n * r + 4 * m * r * r)
 
-    def _momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
+    def update_momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
         """``B = M + G`` in place in the momentum buffers (the base class's EMA does not apply);
         on a skipped step the gradients are already zero. ``skip`` is kept for :meth:`direction`."""
         self._skip = skip

@@ -255,12 +255,12 @@ class Neon(MatrixOptimizer):
         if group.get("error_feedback", False):
             self._feed_back_error(group, bucket)
 
-    def _momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
+    def update_momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
         """With ``error_feedback``: ``B ← B + (1 − μ)G`` (no decay: what the steps leave out
         accumulates), the buffers themselves are the momenta; otherwise the EMA of the base class."""
         self._skip = skip
         if not group.get("error_feedback", False):
-            return super()._momentum(group, grads, states, skip)
+            return super().update_momentum(group, grads, states, skip)
         bufs = [local_tensor(s["momentum_buffer"]) for s in states]
         torch._foreach_add_(bufs, grads, alpha=1 - group["momentum"])  # skipped steps' grads are zero
         return bufs

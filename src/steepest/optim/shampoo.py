@@ -103,6 +103,15 @@ class Shampoo(MatrixOptimizer):
         cap = group.get("max_preconditioner_dim", MAX_PRECONDITIONER_DIM)
         return block_partition(m, cap), block_partition(n, cap)
 
+    def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
+        """Per step: the statistics ``GGᵀ``, ``GᵀG`` and the two preconditioner products, blockwise
+        (``2mn(b_L + b_R)`` each), plus the amortised ``eigh`` of every block (``≈ 9b³`` per block,
+        every ``update_every`` steps); used to balance the distributed split."""
+        (kl, bl), (kr, br) = self._blocks(group, shape)
+        m, n = shape
+        eigh = 9.0 * (kl * bl**3 + kr * br**3) / group["update_every"]
+        return float(4 * m * n * (bl + br) + eigh)
+
     def prepare_directions(self, group: dict, bucket: Bucket) -> None:
         """The statistics, from the raw gradients: ``L``, ``R`` (block-diagonal parts) and Adam's
         ``v`` and step count for grafting. Each matrix's state is created on its own first step (a
