@@ -2,11 +2,15 @@
 # Every figure (PNG) and report.md in this folder, from the committed config.json/metrics.jsonl files.
 set -euo pipefail
 R="$(dirname "$0")"
-steepest-bench plot "$R" --formats png
-steepest-bench report "$R"
+# one task folder at a time: transfer/ and finetune/ hold runs of the same tasks in other settings
+for T in digits-mlp digits-cnn shakespeare-gpt finetune; do
+    steepest-bench plot "$R/$T" --formats png
+    steepest-bench report "$R/$T"
+done
 steepest-bench plot "$R/digits-mlp" --optimizers muon,neon-nuclear,neon-fstar,sgd,adamw --name claim1 --formats png
 steepest-bench plot "$R/digits-cnn" --optimizers muon,neon-nuclear,neon-fstar,neon-nuclear-drop,neon-fstar-drop --name claim2 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,neon-nuclear,neon-fstar,adamw --name claim3 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,newton-muon --name claim4 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,adamw --name claim5 --formats png
 python "$R/claims.py" "$R" > "$R/shakespeare-gpt/claims.md"
+steepest-bench plot "$R/transfer" --transfer --name claim7 --formats png
