@@ -32,3 +32,14 @@ def test_every_figure_in_the_results_doc_is_committed():
         assert (RESULTS.parent / figure).is_file(), f"{figure} is missing: run docs/results/regenerate.sh"
     for task in TASKS:
         assert any((RESULTS / task).glob("*/lr=*/seed=*/metrics.jsonl")), f"no committed runs for {task}"
+
+
+def test_transfer_table_rebuilds_from_the_committed_sweep(tmp_path):
+    """Claim 7's table (docs/results/transfer) regenerates from the committed runs."""
+    committed = RESULTS / "transfer"
+    table = committed / "claim7-digits-mlp-transfer.md"
+    assert table.is_file(), "run docs/results/regenerate.sh"
+    copy = tmp_path / "transfer"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "*.svg", "*.pt", "claim7-*"))
+    assert main(["plot", str(copy), "--transfer", "--name", "claim7", "--formats", "png"]) == 0
+    assert (copy / table.name).read_text() == table.read_text()
