@@ -82,3 +82,15 @@ def test_accuracy_limits_zoom_to_the_data_without_clipping_bands():
     gaps = np.diff(logit(np.array(sorted(ticks))))
     assert gaps.min() > 0.05 * (logit(top) - logit(bottom))  # labels do not overlap
     plt.close(fig)
+
+
+def test_environment_and_figure_titles_name_the_hardware():
+    """Every run records the CPU's model and bf16 kind (or the GPU), and the figures' titles name it."""
+    from steepest.bench.config import describe_hardware, environment
+
+    env = environment("cpu")
+    assert env["cpu_kind"] in ("AMX", "AVX512-BF16", "AVX2", "other") and env["cpu_model"]
+    line = describe_hardware(env)
+    assert env["cpu_model"] in line and env["cpu_kind"] in line and env["torch"] in line
+    gpu = describe_hardware({"gpu": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "torch": "2.13.0"})
+    assert "H100" in gpu and "12.8" in gpu

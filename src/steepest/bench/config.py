@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunConfig", "environment", "run_dir", "format_lr", "RESUME_IGNORED"]
+__all__ = ["RunConfig", "environment", "describe_hardware", "cpu_model_and_kind", "run_dir", "format_lr", "RESUME_IGNORED"]
 
 # Fields that may differ between a run and its resumption without changing its numbers' meaning.
 # (``init_from`` is the fine-tuning checkpoint's path as spelled; its ``init_sha256`` decides.)
@@ -89,6 +89,33 @@ def run_dir(out: str | os.PathLike, cfg: RunConfig) -> Path:
     return base / cfg.optimizer / f"lr={format_lr(cfg.lr)}" / f"seed={cfg.seed}"
 
 
+def cpu_model_and_kind() -> tuple[str, str]:
+    """This CPU's model name (``/proc/cpuinfo``, else the platform's processor) and its kind as far as
+    bf16 matmuls go: ``"AMX"``, ``"AVX512-BF16"``, ``"AVX2"`` or ``"other"`` (torch's probes)."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    probe = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731
+    kind = "AMX" if probe("_is_amx_tile_supported") else "AVX512-BF16" if probe("_is_avx512_bf16_supported") else "AVX2" if probe("_is_avx2_supported") else "other"
+    return model, kind
+
+
+def describe_hardware(env: dict[str, Any]) -> str:
+    """One line naming the hardware of a run from its recorded ``env`` (for figure titles)."""
+    if env.get("gpu"):
+        return f"{env['gpu']} (CUDA {env.get('cuda', '?')}), torch {env.get('torch', '?')}"
+    if env:
+        cpu = env.get("cpu_model", env.get("processor", "?"))
+        kind = f" ({env['cpu_kind']})" if env.get("cpu_kind") else ""
+        return f"CPU {cpu}{kind}, {env.get('cpu_count', '?')} cores, torch {env.get('torch', '?')}, {env.get('torch_threads', '?')} threads"
+    return "hardware not recorded"
+
+
 def environment(device: str) -> dict[str, Any]:
     """Versions and hardware, recorded next to each run's config."""
     import numpy
@@ -107,6 +134,7 @@ def environment(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
+    env["cpu_model"], env["cpu_kind"] = cpu_model_and_kind()
     if device.startswith("cuda") and torch.cuda.is_available():
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name()

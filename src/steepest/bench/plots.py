@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import Curve, Run, curve, describe_group, group_runs, load_runs, task_dir
+from .config import describe_hardware
+from .results import Curve, Run, curve, describe_group, group_runs, load_runs, run_env, task_dir
 
 __all__ = ["plot_results", "plot_task"]
 
@@ -115,6 +116,8 @@ def plot_task(
     multi_lr = len({lr for (o, lr) in groups}) > len({o for (o, _) in groups})
     n_seeds = max((len(g) for g in groups.values()), default=0)
     seeds_note = f"mean and min-max over {n_seeds} seeds" if n_seeds > 1 else "one seed"
+    if runs or sweeps:
+        seeds_note += f"; {describe_hardware(run_env((runs or sweeps)[0]))}"
     # Several lrs of one optimizer: distinguish them by line style.
     styles = ["-", "--", ":", "-."]
     by_opt: dict[str, list[tuple[str, float]]] = defaultdict(list)
@@ -198,7 +201,7 @@ def plot_task(
         ax.set_ylabel("final validation loss (x: diverged)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title(f"{task}: learning-rate sweep")
+        ax.set_title(f"{task}: learning-rate sweep\n{describe_hardware(run_env(sweeps[0]))}", fontsize=9)
         fig.tight_layout()
         written += _save(fig, folder, prefix + "sweep", formats)
         plt.close(fig)

@@ -102,6 +102,14 @@ def read_metrics_checked(path: str | os.PathLike) -> tuple[list[dict[str, Any]],
     return records, tuple(bad)
 
 
+def run_env(run: Run) -> dict:
+    """The versions and hardware recorded in a run's ``config.json`` (``{}`` when unreadable)."""
+    try:
+        return dict(json.loads((run.path / "config.json").read_text()).get("env", {}))
+    except (OSError, ValueError):
+        return {}
+
+
 def load_runs(root: str | os.PathLike, kind: str | None = None) -> list[Run]:
     """Every run folder (one holding ``config.json``) under ``root``, optionally of one kind
     (``run`` or ``sweep``), sorted by task, optimizer, lr and seed."""

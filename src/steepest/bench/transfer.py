@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import RESUME_IGNORED, RunConfig
+from .config import RESUME_IGNORED, RunConfig, describe_hardware
 from .errors import BenchError
-from .results import Run, load_runs
+from .results import Run, load_runs, run_env
 
 __all__ = [
     "WIDTH_OPTIONS",
@@ -230,11 +230,6 @@ def _final(run: Run, metric: str) -> float:
     return run.final(metric)
 
 
-def _env(run: Run) -> dict[str, Any]:
-    try:
-        return dict(json.loads((run.path / "config.json").read_text()).get("env", {}))
-    except (OSError, ValueError):
-        return {}
 
 
 def analyse(runs: list[Run], metric: str = "val_loss") -> list[Transfer]:
@@ -286,7 +281,7 @@ def analyse(runs: list[Run], metric: str = "val_loss") -> list[Transfer]:
         }
         starts = [r.evals[0]["val_loss"] for r in group if r.evals and r.evals[0].get("step") == 0]
         init = float(np.median(starts)) if starts else math.nan
-        out.append(Transfer(task, opt, metric, curves, shift, seed_shifts, ref, _env(group[0]), init))
+        out.append(Transfer(task, opt, metric, curves, shift, seed_shifts, ref, run_env(group[0]), init))
     return out
 
 
@@ -304,12 +299,7 @@ def _lr_cell(c: WidthCurve) -> str:
     return ("<=" if c.optimum[1] == 0 else ">=") + f" {lr:.3g}"
 
 
-def _hardware(env: dict[str, Any]) -> str:
-    if env.get("gpu"):
-        return f"{env['gpu']} ({env.get('device', 'cuda')})"
-    if env:
-        return f"CPU {env.get('processor', '?')}, {env.get('cpu_count', '?')} cores, torch threads {env.get('torch_threads', '?')}"
-    return "hardware not recorded"
+
 
 
 def transfer_table(transfers: list[Transfer]) -> str:
@@ -325,7 +315,7 @@ def transfer_table(transfers: list[Transfer]) -> str:
         seeds = max(len(c.seeds) for t in ts for c in t.curves)
         lines.append(
             f"### {task}: optimal learning rate against width ({s['steps']} steps, batch {s['batch_size']}, "
-            f"{seeds} seed{'s' if seeds > 1 else ''}; {_hardware(ts[0].env)})\n"
+            f"{seeds} seed{'s' if seeds > 1 else ''}; {describe_hardware(ts[0].env)})\n"
         )
         head = ["optimizer"] + [f"lr* w={w}" for w in widths] + ["shift/doubling (log2)", "over seeds", "lr ratio/doubling"]
         lines.append("| " + " | ".join(head) + " |")
@@ -410,7 +400,7 @@ def plot_transfer(
     seeds = max(len(c.seeds) for t in transfers for c in t.curves)
     fig.suptitle(
         f"{transfers[0].task}: learning-rate transfer across width, {s['steps']} steps, "
-        f"{'min-max over %d seeds' % seeds if seeds > 1 else 'one seed'} (x: diverged; dotted: lr*); {_hardware(transfers[0].env)}",
+        f"{'min-max over %d seeds' % seeds if seeds > 1 else 'one seed'} (x: diverged; dotted: lr*); {describe_hardware(transfers[0].env)}",
         fontsize=10,
     )
     fig.tight_layout()
