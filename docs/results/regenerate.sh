@@ -14,3 +14,4 @@ steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,newton-muon --name cl
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,adamw --name claim5 --formats png
 python "$R/claims.py" "$R" > "$R/shakespeare-gpt/claims.md"
 steepest-bench plot "$R/transfer" --transfer --name claim7 --formats png
+steepest-bench plot "$R/digits-mlp" --optimizers muon,dion,neon-nuclear,neon-nuclear-ef,neon-fstar,neon-fstar-ef --name lowrank --formats png
