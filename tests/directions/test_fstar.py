@@ -14,16 +14,6 @@ from steepest.directions.reference import reference_fstar, relative_error
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small QRs on 2 OpenMP threads of a busy 2-core machine ran ~1000× slower than on one
-    (spinning threads); one thread keeps the module fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_seed_threshold_worked_example():
     S = torch.tensor([3, 2.9, 2, 0.5, 0.1], dtype=F64)
     tau, r = fstar_threshold(S, with_rank=True)

@@ -11,16 +11,6 @@ from steepest.directions.families import matrix_family, matrix_with_spectrum
 from steepest.directions.reference import svd64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small QRs on 2 OpenMP threads of a busy 2-core machine ran ~1000× slower than on one
-    (spinning threads); one thread keeps the module fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def principal_cosine(A: torch.Tensor, B: torch.Tensor) -> float:
     """Smallest cosine of the principal angles between the column spaces of A and B."""
     Qa, _ = torch.linalg.qr(A.double())

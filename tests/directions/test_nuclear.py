@@ -12,16 +12,6 @@ from steepest.directions.families import FAMILIES, matrix_family
 from steepest.directions.reference import reference_nuclear, relative_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small QRs on 2 OpenMP threads of a busy 2-core machine ran ~1000× slower than on one
-    (spinning threads); one thread keeps the module fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("sigma", ["keep", "drop"])
 def test_svd_method(family, sigma):

@@ -17,16 +17,6 @@ from steepest.directions.families import FAMILIES, matrix_family
 from steepest.directions.reference import reference_msgn, reference_shampoo, relative_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a busy 2-core box MKL's multi-threaded eigh waits on its OpenMP barrier and
-    runs 100-400× slower (measured: a 256×256 eigh 10 s with 2 threads, 0.02 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def stats(G, ridge=1e-3):
     m, n = G.shape[-2:]
     return G @ G.mT + ridge * torch.eye(m, dtype=G.dtype), G.mT @ G + ridge * torch.eye(n, dtype=G.dtype)

@@ -19,15 +19,6 @@ from steepest.directions.reference import bisect_root, relative_error, svd64
 MU, LR, STEPS = 0.9, 0.1, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: small QRs on 2 threads of a busy 2-core machine ran ~1000× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gradients(m: int, n: int, seed: int) -> list[torch.Tensor]:
     """Float64 gradients with fixed singular vectors and spectra ``0.6^i`` scaled per step (plus a
     little noise): the momentum's top direction persists, which error feedback has to move past."""

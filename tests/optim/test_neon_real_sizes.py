@@ -24,16 +24,6 @@ M_ROWS, N_COLS = 512, 256
 TOL = {torch.float32: 1e-3, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small QRs (512×16) on 2 OpenMP threads of a busy 2-core machine took 29 ms instead of
-    0.03 ms (spinning threads); one thread keeps the module fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spectrum(rank: int, n: int) -> torch.Tensor:
     """``rank`` values in [1, 1.02], then a tail decaying from 0.2: F* rank exactly ``rank``."""
     i = torch.arange(n, dtype=torch.float64)

@@ -17,16 +17,6 @@ from steepest import Shampoo
 from steepest.directions.reference import relative_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a busy 2-core box MKL's multi-threaded eigh waits on its OpenMP barrier and
-    runs 100-400× slower (a 256×256 eigh: 10 s with 2 threads, 0.02 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ResNetLayout(nn.Module):
     """The weight shapes of a ResNet-18 (7×7 stem of 64, 3×3 convs up to 512 channels: a 512×4608
     matrix, a 10×512 head) on a tiny input, plus a linear probe of the flattened 3×64×65 image: a
