@@ -14,13 +14,13 @@ INIT=$R/pretrain/shakespeare-gpt/adamw/lr=0.003/seed=0
 F="--task pydoc-gpt --init-from $INIT --threads 1 --out $R/finetune --quiet --no-plots"
 
 # Two streams of single-threaded runs share the 2 cores.
-( steepest-bench sweep $F --optimizer adamw --lrs 3e-4,1e-3,3e-3
-  steepest-bench sweep $F --optimizer neon-nuclear --lrs 0.03,0.1,0.3,1 ) & A=$!
+( steepest-bench sweep $F --optimizer adamw --lrs 3e-4,1e-3,3e-3,1e-2,3e-2
+  steepest-bench sweep $F --optimizer neon-nuclear,neon-nuclear-ef --lrs 0.1,0.3,1,3,10 ) & A=$!
 ( steepest-bench sweep $F --optimizer muon,dion --lrs 0.00667,0.02,0.06
-  steepest-bench sweep $F --optimizer neon-fstar --lrs 0.03,0.1,0.3,1 ) & B=$!
+  steepest-bench sweep $F --optimizer neon-fstar --lrs 0.1,0.3,1,3,10 ) & B=$!
 wait $A && wait $B
 steepest-bench run $F --optimizers adamw,muon,neon-nuclear --seeds 3 --lr-from-sweep $R/finetune & A=$!
-steepest-bench run $F --optimizers dion,neon-fstar --seeds 3 --lr-from-sweep $R/finetune & B=$!
+steepest-bench run $F --optimizers dion,neon-fstar,neon-nuclear-ef --seeds 3 --lr-from-sweep $R/finetune & B=$!
 wait $A && wait $B
 
 # Control, not committed: the same 200 steps from random weights (does the pretraining matter?).
