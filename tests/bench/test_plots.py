@@ -94,3 +94,14 @@ def test_environment_and_figure_titles_name_the_hardware():
     assert env["cpu_model"] in line and env["cpu_kind"] in line and env["torch"] in line
     gpu = describe_hardware({"gpu": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "torch": "2.13.0"})
     assert "H100" in gpu and "12.8" in gpu
+
+
+@pytest.mark.parametrize("lo, hi", [(0.30, 0.66), (0.55, 0.60), (0.96, 0.99), (0.2, 0.95)])
+def test_accuracy_ticks_are_round_numbers(lo, hi):
+    """At least three labelled ticks, each a round number (≤ 3 decimals), inside the zoomed limits."""
+    fig, ax = plt.subplots()
+    _accuracy_limits(ax, [[np.linspace(lo, hi, 20)]])
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert len(ticks) >= 3
+    assert all(abs(t * 1000 - round(t * 1000)) < 1e-6 for t in ticks), ticks
+    plt.close(fig)

@@ -279,8 +279,14 @@ def _accuracy_limits(ax, series: list[list[np.ndarray]]) -> None:
     for t in sorted((t for t in ACC_TICKS if bottom <= t <= top), reverse=True):
         if not ticks or logit(ticks[-1]) - logit(t) >= 0.06 * (logit(top) - logit(bottom)):
             ticks.append(t)  # from the top down: labels near 1 matter most; none overlap
-    if len(ticks) < 3:
-        ticks = [float(f"{expit(logit(bottom) + f * (logit(top) - logit(bottom))):.4g}") for f in (0.1, 0.5, 0.9)]
+    if len(ticks) < 3:  # a narrow range away from 0 and 1: round ticks on the finest grid that gives 3-7
+        for step in (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001):
+            grid = [round(k * step, 4) for k in range(math.ceil(bottom / step), math.floor(top / step) + 1)]
+            if len(grid) >= 3:
+                ticks = grid[:: max(1, math.ceil(len(grid) / 7))]
+                break
+        else:
+            ticks = [float(f"{expit(logit(bottom) + f * (logit(top) - logit(bottom))):.4g}") for f in (0.1, 0.5, 0.9)]
     ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
