@@ -28,6 +28,20 @@ steepest-bench run   $S --optimizers muon,newton-muon,neon-nuclear,neon-fstar,ad
 steepest-bench sweep $S --optimizer neon-nuclear-drop,neon-fstar-drop --lrs 0.02,0.06,0.2
 steepest-bench run   $S --optimizers sign,sgd,shampoo --seeds 1     # the task's default rates, not swept (time)
 
+# 2026-11-30 (issue 15): F* rerun with its block following the rank (issue 13), Dion and Neon error
+# feedback added; stale runs of the capped F* at other rates were deleted by hand.
+for T in digits-mlp digits-cnn; do
+  D="--task $T --threads 1 $Q"
+  steepest-bench sweep $D --optimizer neon-fstar,neon-fstar-drop --overwrite
+  steepest-bench sweep $D --optimizer dion,neon-nuclear-ef,neon-fstar-ef
+  steepest-bench run   $D --optimizers neon-fstar,neon-fstar-drop,dion,neon-nuclear-ef,neon-fstar-ef --seeds 3 --lr-from-sweep $R --overwrite
+done
+steepest-bench sweep --task digits-mlp --threads 1 $Q --optimizer neon-fstar --lrs 100,300 --overwrite
+steepest-bench sweep --task digits-mlp --threads 1 $Q --optimizer neon-nuclear-ef,neon-fstar-ef --lrs 15,50
+steepest-bench run   --task digits-mlp --threads 1 $Q --optimizers neon-nuclear-ef,neon-fstar-ef --seeds 3 --lr-from-sweep $R --overwrite
+steepest-bench sweep $S --optimizer dion --lrs 0.00667,0.02,0.06
+steepest-bench run   $S --optimizers dion --seeds 3 --lr-from-sweep $R
+
 # Claim 3's control (not committed here, so that it stays out of the Neon rows): hidden matrices
 # effectively frozen, only AdamW's embeddings, head and norms train. Final validation loss 2.48.
 steepest-bench run --task shakespeare-gpt --optimizers neon-nuclear --lr neon-nuclear=1e-6 --seeds 1 --threads 1 --out runs/frozen-control --quiet --no-plots
