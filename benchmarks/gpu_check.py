@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.util
-import json
 import os
 import platform
 import shutil

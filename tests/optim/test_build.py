@@ -155,7 +155,7 @@ class InOutNet(nn.Module):
 
 @pytest.mark.parametrize(
     "name",
-    ["muon", "neon-fstar", "shampoo", "newton-muon", "dion"],
+    ["muon", "neon-fstar", "shampoo", "newton-muon", "dion", "neon-nuclear-ef", "neon-fstar-ef"],
 )
 def test_transposed_weights_step_as_their_transpose(name):
     """A model of (in, out) layers steps exactly as its nn.Linear twin (weights transposed): the

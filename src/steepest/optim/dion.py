@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..directions.dion import dion_rank, dion_update, error_feedback, initial_basis, next_basis
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
-from .base import Bucket, MatrixOptimizer, check_hyperparameter, local_tensor
+from .base import Bucket, MatrixOptimizer, local_tensor
 
 __all__ = ["Dion"]
 

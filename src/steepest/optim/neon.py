@@ -273,15 +273,15 @@ class Neon(MatrixOptimizer):
         for state, name in zip(bucket.states, bucket.names):
             buf = local_tensor(state["momentum_buffer"])
             C = state.pop("captured", None)
-            if "captured_left" in state:
-                C = state.pop("captured_left") @ state.pop("captured_right").mT
+            if "captured_left" in state:  # σ₁u₁v₁ᵀ as a broadcast product (a K=1 matmul is slow on CPU BLAS)
+                C = state.pop("captured_left") * state.pop("captured_right").mT
             if C is None or buf.numel() != C.numel():
                 raise ValueError(
                     f"Neon(error_feedback=True) needs whole matrices on every rank, but parameter {name} is "
                     "row-sharded (FSDP2); train it under DDP or one process, or pass error_feedback=False"
                 )
-            C = C.view(buf.shape)
-            buf.add_(C * weight if skip is None else torch.where(skip, 0.0, C * weight))
+            B = bucket.matrix(buf)  # the (out, in) view, also of weights stored (in, out) (HF Conv1D)
+            B.add_(C * weight if skip is None else torch.where(skip, 0.0, C * weight))
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
