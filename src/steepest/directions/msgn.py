@@ -34,6 +34,7 @@ run ~4× faster than float32) and float32 elsewhere (AVX2 CPUs emulate bf16, man
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -74,7 +75,12 @@ CONVERGENT_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 # squares of the norm neither overflow float32 nor underflow, and the norm stays above the
 # Newton–Schulz clamp (1e-7 < 2⁻²³).
 SAFE_ENTRY = {"newton_schulz": (2.0**-23, 2.0**60), "polar_express": (2.0**-60, 2.0**60)}
+# The same for Frobenius norms in [low, high): the CPU's test (see _normalise). Below 2⁻⁴⁰ the largest
+# squares (≥ 2⁻⁸⁰/mn) could approach float32's subnormals; the entry test decides there.
+SAFE_NORM = {"newton_schulz": (2.0**-23, 2.0**60), "polar_express": (2.0**-40, 2.0**60)}
 _MAX_SHIFT = 126  # 2**126 is the largest power of two every float32/bf16 scale factor may take
+
+Scratch = Callable[[str, tuple[int, ...], torch.dtype], Tensor]  # (name, shape, dtype) -> a reusable buffer
 
 CPU_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 
@@ -175,28 +181,58 @@ def _frobenius(X: Tensor) -> Tensor:
     return X.norm() if X.ndim == 2 else torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
 
 
-def _normalise(X: Tensor, method: str) -> Tensor:
+def _normalise(X: Tensor, method: str, inplace: bool = False) -> Tensor:
     """``X/‖X‖_F`` (Newton–Schulz, the norm clamped at 1e-7 as in ``torch.optim.Muon``) or
     ``X/(1.02·‖X‖_F)`` (Polar Express), per matrix; a matrix whose largest entry lies outside
     ``SAFE_ENTRY[method]`` is first multiplied by :func:`power_of_two_scale` (decided on the
-    device: no host read)."""
+    device: no host read). On a CPU, where reading a value costs nothing, the norms are computed
+    first and, when all lie in ``SAFE_NORM[method]`` (then no square over- or underflowed), used as
+    they are: the same result without the pass for the largest entries. ``inplace``: ``X`` may be
+    overwritten (a copy the caller owns)."""
+    if X.device.type == "cpu" and not torch.compiler.is_compiling():
+        norm = _frobenius(X)
+        if _norms_in_range(norm, method):
+            return _divide(X, norm, method, inplace)
     amax = largest_entry(X)
     low, high = SAFE_ENTRY[method]
     safe = (amax >= low) & (amax * math.sqrt(X.shape[-2] * X.shape[-1]) < high)
     X = X * torch.where(safe, torch.ones_like(amax), _power_of_two(amax, amax.dtype)).to(X.dtype)
-    norm = _frobenius(X)
+    return _divide(X, _frobenius(X), method, inplace=True)
+
+
+def _norms_in_range(norm: Tensor, method: str) -> bool:
+    """Whether every norm lies in ``SAFE_NORM[method]`` (NaN and ±Inf do not): a host read, made on
+    CPUs only, where it costs nothing."""
+    low, high = SAFE_NORM[method]
+    return bool(((norm >= low) & (norm < high)).all())
+
+
+def _divide(X: Tensor, norm: Tensor, method: str, inplace: bool) -> Tensor:
     if method == "newton_schulz":
-        return X / norm.clamp(min=NEWTON_SCHULZ_EPS)
-    return X / (norm * POLAR_EXPRESS_SAFETY).clamp(min=torch.finfo(X.dtype).tiny)  # msgn(0) = 0
+        norm = norm.clamp(min=NEWTON_SCHULZ_EPS)
+    else:
+        norm = (norm * POLAR_EXPRESS_SAFETY).clamp(min=torch.finfo(X.dtype).tiny)  # msgn(0) = 0
+    return X.div_(norm) if inplace else X / norm
 
 
-def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
+def msgn_polynomial(
+    G: Tensor, method: str, steps: int, dtype: torch.dtype, out: Tensor | None = None, scratch: Scratch | None = None
+) -> Tensor:
     """The iterative methods of :func:`msgn` without input checks (what optimizers call). ``G`` is
-    not modified; with ``G.dtype == dtype`` it is read in place (no copy)."""
+    not modified; with ``G.dtype == dtype`` it is read in place (no copy). With ``out`` (``G``'s
+    shape) the result is written there, cast to its dtype, and ``out`` returned. ``scratch(name,
+    shape, dtype)``, for a 2-D ``G`` with ``out``: where the iterates and Gram matrices are
+    written (buffers kept between calls, see :meth:`~steepest.optim.base.MatrixOptimizer.scratch`)
+    instead of new tensors; the same values."""
     if not cast_keeps_range(G.dtype, dtype):
         G = G * power_of_two_scale(G)  # e.g. float64 beyond float32's range: scale before the cast
     transpose = G.shape[-2] > G.shape[-1]
+    if scratch is not None and out is not None and G.ndim == 2:
+        X = scratch("cast", tuple(G.shape), dtype).copy_(G)  # G's layout: a tall one is iterated as a transposed view,
+        _msgn_2d_into(X.mT if transpose else X, method, steps, out.mT if transpose else out, scratch)  # as torch.optim.Muon does
+        return out
     X = G.to(dtype)
+    owned = X is not G
     if transpose:
         X = X.mT
     batch_shape = X.shape[:-2]
@@ -204,13 +240,34 @@ def msgn_polynomial(G: Tensor, method: str, steps: int, dtype: torch.dtype) -> T
     X = X.reshape(X.shape[-2:]) if math.prod(batch_shape) == 1 else X.reshape(-1, *X.shape[-2:])
     # torch.optim.Muon's exact operations on the Newton–Schulz path, so that our update reproduces it
     # bit for bit in bf16 (the pre-scaling only acts where its norm would under/overflow)
-    X = _normalise(X, method)
+    X = _normalise(X, method, inplace=owned)
     for a, b, c in polynomial_coefficients(method, steps):
         X = _quintic_step(X, a, b, c)
     X = X.reshape(*batch_shape, *X.shape[-2:])
     if transpose:
         X = X.mT
+    if out is not None:
+        return out.copy_(X)
     return X.to(G.dtype)
+
+
+def _msgn_2d_into(X: Tensor, method: str, steps: int, out: Tensor, scratch: Scratch) -> None:
+    """:func:`msgn_polynomial` of a wide (or square) 2-D ``X``, already cast and overwritable, into
+    ``out``, with the products of :func:`_quintic_step` written into scratch buffers."""
+    m, n = X.shape
+    A, B = scratch("gram", (m, m), X.dtype), scratch("poly", (m, m), X.dtype)
+    iterates = (scratch("iterate", (m, n), X.dtype), scratch("next", (m, n), X.dtype))  # written in turn
+    X = _normalise(X, method, inplace=True)
+    # torch.optim.Muon's calls (its bits on the Newton–Schulz path). Folding a·X into B's diagonal,
+    # (aI + B)·X, would save addmm's copy of X into Y, but rounding a + Bᵢᵢ to bf16 doubled the
+    # bf16 iteration's error against float64 (1.2% → 2.5–5%).
+    for step, (a, b, c) in enumerate(polynomial_coefficients(method, steps)):
+        Y = iterates[step % 2]
+        torch.mm(X, X.mT, out=A)
+        torch.addmm(A, A, A, beta=b, alpha=c, out=B)
+        torch.addmm(X, B, X, beta=a, out=Y)
+        X = Y
+    out.copy_(X)
 
 
 def _exponent_range(dtype: torch.dtype) -> int:

@@ -64,15 +64,18 @@ class Bucket:
         """The whole batch: per-batch decisions (Neon's block width) are taken on it."""
         return self if self.batch is None else self.batch
 
-    def stack(self, tensors: list[Tensor] | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    def stack(self, tensors: list[Tensor] | None = None, dtype: torch.dtype | None = None, scratch: Callable | None = None) -> Tensor:
         """The momenta (or ``tensors``) as one ``(k, m, n)`` stack of :meth:`matrix` views, in
-        ``dtype`` if given (the cast and the stacking in one copy). A single matrix already in
-        ``dtype`` comes back as a view, without a copy: do not modify the stack in place."""
+        ``dtype`` if given (the cast and the stacking in one copy), written into
+        ``scratch(shape, dtype)`` if given (e.g. a :meth:`MatrixOptimizer.scratch` buffer). A single
+        matrix already in ``dtype`` comes back as a view, without a copy: do not modify the stack in
+        place."""
         tensors = self.momenta if tensors is None else tensors
         dtype = tensors[0].dtype if dtype is None else dtype
         if len(tensors) == 1:
             return self.matrix(tensors[0]).to(dtype).unsqueeze(0)
-        out = torch.empty((len(tensors), *self.shape), dtype=dtype, device=tensors[0].device)
+        shape = (len(tensors), *self.shape)
+        out = scratch(shape, dtype) if scratch is not None else torch.empty(shape, dtype=dtype, device=tensors[0].device)
         for slot, t in zip(out.unbind(0), tensors):
             slot.copy_(self.matrix(t))
         return out
@@ -373,7 +376,29 @@ class MatrixOptimizer(Optimizer):
         bufs = [local_tensor(s["momentum_buffer"]) for s in states]
         weight = 1 - mu if skip is None else (1 - mu) * (~skip).to(torch.float32)
         torch._foreach_lerp_(bufs, grads, weight)
-        return torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
+        if not group["nesterov"]:
+            return bufs
+        if bufs[0].device.type != "cpu":
+            return torch._foreach_lerp(grads, bufs, mu)
+        return [
+            torch.lerp(g, b, mu, out=self.scratch(("nesterov", id(s)), b.shape, torch.result_type(g, b), b.device))
+            for g, b, s in zip(grads, bufs, states)
+        ]
+
+    def scratch(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised buffer for a result used within this step only. On a CPU it is kept
+        between steps (one per ``key``; replaced when the shape or dtype changes): a fresh large
+        allocation is paged in again on every step, and on a 2-core EPYC filling a new 768×3072
+        float32 tensor took 3.3 ms against 0.11 ms for an existing one. Elsewhere a new tensor
+        (CUDA's caching allocator already reuses memory). Never keep it past the step."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        cache = self.__dict__.setdefault("_scratch", {})
+        buf = cache.get(key)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = cache[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
 
     def _buckets(self, params, grads, momenta, states, names) -> list[Bucket]:
         buckets: dict[tuple, Bucket] = {}

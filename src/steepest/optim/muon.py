@@ -23,7 +23,8 @@ class Muon(MatrixOptimizer):
     :func:`steepest.directions.spectral_scale`. With ``msgn_method="newton_schulz"``,
     ``msgn_dtype=torch.bfloat16`` and ``scale="original"`` the update is ``torch.optim.Muon``'s, bit
     for bit. Unlike it, conv weights are accepted (viewed as ``(out, in·kh·kw)``, the scale taken on
-    that shape) and same-shape matrices are orthogonalised in one batched call.
+    that shape) and on CUDA same-shape matrices are orthogonalised in one batched call (on a CPU one at a
+    time, with 2-D products: faster there, see docs/performance.md).
 
     Args:
         params: hidden-layer weights (≥ 2-D); give embeddings, the head and 1-D parameters to AdamW
@@ -86,7 +87,20 @@ class Muon(MatrixOptimizer):
             return msgn(bucket.stack(), method="svd", check_finite=False)
         momentum = bucket.momenta[0]
         dtype = group["msgn_dtype"] or default_iteration_dtype(momentum.device)
+        method, steps = group["msgn_method"], group["ns_steps"]
+        if momentum.device.type == "cpu" and not group["compile"]:
+            # one matrix at a time, with 2-D products: CPU BLAS runs them at least as fast as a batched
+            # call, and no (k, m, n) stack is copied; every product and the (k, m, n) result go into
+            # buffers kept between steps (fresh ones would be paged in again on every step)
+            D = self.scratch(("direction", bucket.shape), (len(bucket.momenta), *bucket.shape), momentum.dtype, momentum.device)
+
+            def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+                return self.scratch(("msgn", name, shape), shape, dtype, momentum.device)
+
+            for slot, m in zip(D.unbind(0), bucket.momenta):
+                msgn_polynomial(bucket.matrix(m), method, steps, dtype, out=slot, scratch=scratch)
+            return D
         # stack and cast in one copy (none for a lone matrix in the iteration dtype); a float64
         # momentum with a float32/bf16 iteration is stacked as float64 and pre-scaled before its cast
         M = bucket.stack(dtype=dtype if cast_keeps_range(momentum.dtype, dtype) else None)
-        return self.math(group, msgn_polynomial)(M, group["msgn_method"], group["ns_steps"], dtype).to(momentum.dtype)
+        return self.math(group, msgn_polynomial)(M, method, steps, dtype).to(momentum.dtype)
