@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .lowrank import random_block
+from .lowrank import random_block, transpose_times
 
 __all__ = ["DionFactors", "dion_rank", "initial_basis", "power_step", "next_basis", "error_feedback", "dion_update"]
 
@@ -72,7 +72,7 @@ def power_step(B: Tensor, Q: Tensor) -> DionFactors:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     X = X / scale
     P = torch.linalg.qr(X @ Q, mode="reduced").Q
-    R = X.mT @ P
+    R = transpose_times(X, P)
     norms = torch.linalg.vector_norm(R, dim=-2)
     floor = norms.amax(-1, keepdim=True) * (max(X.shape[-2:]) * torch.finfo(R.dtype).eps)
     norms = torch.where(norms > floor, norms, torch.zeros_like(norms))

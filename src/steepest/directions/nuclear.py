@@ -55,9 +55,10 @@ def nuclear_direction(
     return rank_one(u, s, v, sigma).to(G.dtype)
 
 
-def rank_one(u: Tensor, s: Tensor, v: Tensor, sigma: str) -> Tensor:
-    """``σ₁u₁v₁ᵀ`` or ``u₁v₁ᵀ`` from the top triplet; ``u₁v₁ᵀ`` is zeroed where ``σ₁ = 0``."""
+def rank_one(u: Tensor, s: Tensor, v: Tensor, sigma: str, out: Tensor | None = None) -> Tensor:
+    """``σ₁u₁v₁ᵀ`` or ``u₁v₁ᵀ`` from the top triplet; ``u₁v₁ᵀ`` is zeroed where ``σ₁ = 0``. Written
+    into ``out`` (same shape and dtype) if given."""
     weight = s if sigma == "keep" else (s > 0).to(s.dtype)
     # An outer product as a broadcast multiply: a matmul with inner size 1 is several times
     # slower on CPU BLAS, and no faster on GPUs (both are bound by writing the m×n result).
-    return (u[..., :1] * weight[..., None, :1]) * v[..., :1].mT
+    return torch.mul(u[..., :1] * weight[..., None, :1], v[..., :1].mT, out=out)

@@ -385,6 +385,13 @@ class MatrixOptimizer(Optimizer):
             for g, b, s in zip(grads, bufs, states)
         ]
 
+    def direction_buffer(self, bucket: Bucket, dtype: torch.dtype) -> Tensor:
+        """A :meth:`scratch` buffer for the bucket's ``(k, m, n)`` direction, one per bucket (keyed by
+        its first parameter: the directions of all buckets of a group live until they are applied)."""
+        key = ("direction", *(id(p) for p in bucket.params[:1]))
+        device = bucket.momenta[0].device if bucket.momenta else torch.device("cpu")
+        return self.scratch(key, (len(bucket.momenta), *bucket.shape), dtype, device)
+
     def scratch(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised buffer for a result used within this step only. On a CPU it is kept
         between steps (one per ``key``; replaced when the shape or dtype changes): a fresh large

@@ -92,7 +92,7 @@ class Muon(MatrixOptimizer):
             # one matrix at a time, with 2-D products: CPU BLAS runs them at least as fast as a batched
             # call, and no (k, m, n) stack is copied; every product and the (k, m, n) result go into
             # buffers kept between steps (fresh ones would be paged in again on every step)
-            D = self.scratch(("direction", bucket.shape), (len(bucket.momenta), *bucket.shape), momentum.dtype, momentum.device)
+            D = self.direction_buffer(bucket, momentum.dtype)
 
             def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
                 return self.scratch(("msgn", name, shape), shape, dtype, momentum.device)

@@ -34,13 +34,16 @@ def _precision(M: Tensor) -> torch.dtype:
     return torch.float64 if M.dtype == torch.float64 else torch.float32
 
 
-def nuclear_step(M: Tensor, init: Tensor, iters: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, None, tuple[Tensor, Tensor] | None]:
+def nuclear_step(
+    M: Tensor, init: Tensor, iters: int, variant: str, sigma: str, capture: bool = False, out: Tensor | None = None
+) -> tuple[Tensor, Tensor, None, tuple[Tensor, Tensor] | None]:
     """``(D, V, None, C)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)``
-    block (``l = init.shape[-1]`` columns are iterated); with ``capture``, the factors
-    ``(σ₁u₁, v₁)`` (``(k, m, 1)``, ``(k, n, 1)``) of the captured part ``C = σ₁u₁v₁ᵀ``."""
+    block (``l = init.shape[-1]`` columns are iterated), ``D`` written into ``out`` if given; with
+    ``capture``, the factors ``(σ₁u₁, v₁)`` (``(k, m, 1)``, ``(k, n, 1)``) of the captured part
+    ``C = σ₁u₁v₁ᵀ``."""
     U, S, V = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
     factors = (U[..., :1] * S[..., None, :1], V[..., :1]) if capture else None
-    return rank_one(U, S, V, sigma), V, None, factors
+    return rank_one(U, S, V, sigma, out=out), V, None, factors
 
 
 def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -196,7 +199,8 @@ class Neon(MatrixOptimizer):
         return layout
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
-        M = bucket.stack()
+        device = bucket.momenta[0].device
+        M = bucket.stack(scratch=lambda shape, dtype: self.scratch(("stack", shape), shape, dtype, device))
         width = self.block_width(group, bucket)
         capture = group.get("error_feedback", False)
         if self.uses_dense_svd(group, bucket, width):
@@ -204,7 +208,9 @@ class Neon(MatrixOptimizer):
         else:
             init, iters = self.start_block(group, bucket, width, M)
             if group["mode"] == "nuclear":
-                D, V, rank, C = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"], capture)
+                # D straight into its buffer (CPU: kept between steps), unless compiled or cast after
+                out = None if group["compile"] or _precision(M) != M.dtype else self.direction_buffer(bucket, M.dtype)
+                D, V, rank, C = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"], capture, out)
             else:
                 D, V, rank, C = fstar_adaptive(
                     M, init, iters=iters, grow_iters=max(group["iters"], group["cold_iters"]),
