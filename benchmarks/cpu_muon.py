@@ -13,8 +13,9 @@ two warm-up calls; the table gives the median ms per ``step()``:
 * the peers: ``torch.optim.Muon`` (Newton–Schulz in bf16, one matrix at a time) and
   ``pytorch_optimizer.Muon`` when installed (``pip install -e ".[peers]"``);
 * the floors: the 5 quintic steps' three products per matrix (``XXᵀ``, ``A·A``, ``B·X`` with ``X``
-  of shape min×max), batched per shape as our Muon batches them, in bf16 and in float32: matmul
-  time alone, no normalisation, momentum or update;
+  of shape min×max), one 2-D product per matrix into preallocated outputs (as our CPU Muon runs
+  them), in bf16 and in float32: matmul time alone, no normalisation, momentum, update or
+  allocation;
 * ``steepest.Neon`` nuclear and ``torch.optim.AdamW(fused=True)`` for scale.
 
 A row whose first call takes longer than ``--row-limit`` seconds (bf16 rows on a CPU that emulates
@@ -54,26 +55,23 @@ def make_params(shapes: list[tuple[int, int]], seed: int = 0) -> list[torch.nn.P
 
 
 def floor_fn(shapes: list[tuple[int, int]], dtype: torch.dtype, steps: int = 5) -> Callable[[], None]:
-    """The products of ``steps`` quintic steps, batched per shape (X: (k, min, max))."""
-    groups: dict[tuple[int, int], int] = {}
-    for m, n in shapes:
-        key = (min(m, n), max(m, n))
-        groups[key] = groups.get(key, 0) + 1
+    """The products of ``steps`` quintic steps (``XXᵀ``, ``A·A``, ``A·X``, X of shape min × max),
+    one 2-D product per matrix as our CPU Muon runs them, written into preallocated outputs: matmul
+    time alone, no allocation (a fresh output is paged in again on every call)."""
     gen = torch.Generator().manual_seed(1)
     mats = []
-    for (m, n), k in groups.items():
-        X = (torch.randn(k, m, n, generator=gen) / n**0.5).to(dtype)
-        A = (torch.randn(k, m, m, generator=gen) / m**0.5).to(dtype)
-        mats.append((X, A))
+    for m, n in shapes:
+        m, n = min(m, n), max(m, n)
+        X = (torch.randn(m, n, generator=gen) / n**0.5).to(dtype)
+        A = (torch.randn(m, m, generator=gen) / m**0.5).to(dtype)
+        mats.append((X, A, torch.empty_like(A), torch.empty_like(A), torch.empty_like(X)))
 
     def run() -> None:
         for _ in range(steps):
-            for X, A in mats:
-                if X.shape[0] == 1:  # one matrix: 2-D products, as our Muon runs it
-                    x, a = X[0], A[0]
-                    x @ x.mT, a @ a, a @ x
-                else:
-                    torch.bmm(X, X.mT), torch.bmm(A, A), torch.bmm(A, X)
+            for X, A, gram, square, product in mats:
+                torch.mm(X, X.mT, out=gram)
+                torch.mm(A, A, out=square)
+                torch.mm(A, X, out=product)
 
     return run
 
@@ -97,8 +95,8 @@ def rows(shapes: list[tuple[int, int]], include: set[str] | None) -> dict[str, t
         out["pytorch_optimizer.Muon"] = (opt(lambda ps: PtoMuon([dict(params=ps, use_muon=True)], lr=0.02)), "Newton–Schulz (its defaults)")
     except ImportError:
         pass
-    out["matmul floor bf16"] = (floor_fn(shapes, torch.bfloat16), "5 steps' products, batched per shape")
-    out["matmul floor float32"] = (floor_fn(shapes, torch.float32), "5 steps' products, batched per shape")
+    out["matmul floor bf16"] = (floor_fn(shapes, torch.bfloat16), "5 steps' products, 2-D, preallocated outputs")
+    out["matmul floor float32"] = (floor_fn(shapes, torch.float32), "5 steps' products, 2-D, preallocated outputs")
     out["steepest.Neon nuclear"] = (opt(lambda ps: steepest.Neon(ps, lr=0.05, mode="nuclear")), "rank-1 block power iteration")
     out["torch.optim.AdamW(fused=True)"] = (opt(lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)), "one fused pass")
     if include:

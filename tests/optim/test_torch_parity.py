@@ -12,10 +12,13 @@ pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.
 
 @pytest.mark.parametrize("nesterov", [True, False])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_matches_torch_optim_muon(nesterov, weight_decay):
+@pytest.mark.parametrize("width", [48, 256])  # 256: on a CPU, the one-matrix-at-a-time path into kept buffers
+def test_matches_torch_optim_muon(nesterov, weight_decay, width):
+    d = width
+
     def model():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(64, 48, bias=False), nn.ReLU(), nn.Linear(48, 48, bias=False), nn.ReLU(), nn.Linear(48, 96, bias=False))
+        return nn.Sequential(nn.Linear(64, d, bias=False), nn.ReLU(), nn.Linear(d, d, bias=False), nn.ReLU(), nn.Linear(d, 2 * d, bias=False))
 
     ours, theirs = model(), model()
     kw = dict(lr=0.02, momentum=0.95, nesterov=nesterov, weight_decay=weight_decay)
