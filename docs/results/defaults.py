@@ -89,9 +89,11 @@ def main(root: Path) -> None:
         base = {t: initial_loss(root, t) for t in final}
         default = REGISTERED[name].default_lr
         candidates: list[float] = []
-        for x in sorted({float(f"{x:.6g}") for s in final.values() for x in s} | {default}):
-            if not candidates or x / candidates[-1] > CLOSE or math.isclose(x, default):
+        for x in sorted({float(f"{x:.6g}") for s in final.values() for x in s}):
+            if not candidates or x / candidates[-1] > CLOSE:
                 candidates.append(x)  # one row per rate that the tasks' grids share (0.9 and 1 are one)
+        close = [c for c in candidates if max(c, default) / min(c, default) <= CLOSE]
+        candidates = sorted([c for c in candidates if c not in close] + [default])  # the default stands for its neighbours
         scored = {}
         for when, sweeps in (("final", final), ("early", early)):
             best = {t: min(s.values()) for t, s in sweeps.items()}

@@ -13,5 +13,6 @@ steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,neon-nuclear,neon-fst
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,newton-muon --name claim4 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,adamw --name claim5 --formats png
 python "$R/claims.py" "$R" > "$R/shakespeare-gpt/claims.md"
+python "$R/defaults.py" "$R" > "$R/defaults.md"
 steepest-bench plot "$R/transfer" --transfer --name claim7 --formats png
 steepest-bench plot "$R/digits-mlp" --optimizers muon,dion,neon-nuclear,neon-nuclear-ef,neon-fstar,neon-fstar-ef --name lowrank --formats png

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -43,3 +45,14 @@ def test_transfer_table_rebuilds_from_the_committed_sweep(tmp_path):
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "*.svg", "*.pt", "claim7-*"))
     assert main(["plot", str(copy), "--transfer", "--name", "claim7", "--formats", "png"]) == 0
     assert (copy / table.name).read_text() == table.read_text()
+
+
+def test_defaults_table_rebuilds_from_the_committed_sweeps():
+    """docs/results/defaults.md, the registered default rates scored against the sweeps, is what
+    docs/results/defaults.py makes of the committed runs and the current registry."""
+    committed = RESULTS / "defaults.md"
+    assert committed.is_file(), "run docs/results/regenerate.sh"
+    out = subprocess.run([sys.executable, str(RESULTS / "defaults.py"), str(RESULTS)], capture_output=True, text=True, check=True).stdout
+    assert out == committed.read_text()
+    for name in ("muon", "dion", "neon-nuclear", "neon-fstar"):
+        assert f"## {name} (registered default" in out

@@ -314,9 +314,9 @@ def test_routes_one_state_dict_one_scheduler(lm_model):
     assert type(neon).__name__ == "Neon" and isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
     assert [p is lm_model.a.weight for p in neon.param_groups[0]["params"]] == [True]
     assert [p is lm_model.b.weight for p in muon.param_groups[0]["params"]] == [True]
-    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.02, 1e-3]  # each route's default lr
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 0.02, 1e-3]  # each route's default lr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
-    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.01, 5e-4]
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.01, 5e-4]
     x = torch.randint(0, 17, (2, 5))
     lm_model(x).square().mean().backward()
     opt.step()
@@ -324,7 +324,7 @@ def test_routes_one_state_dict_one_scheduler(lm_model):
     sd = opt.state_dict()
     assert len(sd["optimizers"]) == 3 and "basis" in sd["optimizers"][0]["state"][0]
     again = steepest.build_optimizer(lm_model, "a.*=neon-fstar+muon", lr=2.0)  # the string form; lr multiplies
-    assert [g["lr"] for g in again.param_groups] == [1.0, 0.04, 3e-4]
+    assert [g["lr"] for g in again.param_groups] == [2.0, 0.04, 3e-4]
     again.load_state_dict(sd)
 
 

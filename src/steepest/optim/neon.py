@@ -84,8 +84,11 @@ class Neon(MatrixOptimizer):
     contract is the exact minimiser; the harness tunes each one's learning rate.
 
     Args:
-        lr: η (default 0.5, for ``sigma="keep"``, whose step is η·σ₁ of the momentum: sweep it;
-            on the digits MLP the best rates are ~3 with ``"keep"`` and ~0.3 with ``"drop"``).
+        lr: η (default 1.0, for ``sigma="keep"``, whose step is η·σ₁ of the momentum; with
+            ``"drop"`` use ~0.03–0.06). The best rates differ 10–30× across the harness's tasks
+            (σ kept: 0.3 on the Shakespeare GPT, 9 on the digits MLP), so sweep them; 1.0 is the
+            rate whose worst task loses least of the achievable improvement (at most 5% at the end,
+            28% (nuclear) / 40% (F*) after a tenth of the run; docs/results/defaults.md).
         mode: ``"nuclear"`` or ``"fstar"``. variant: F*'s ``"seed"`` or ``"mean_of_norms"``.
         momentum, nesterov, weight_decay, nonfinite: as in :class:`~steepest.optim.Muon`.
         iters: warm power iterations per step (default 1 for nuclear, 2 for F*); cold_iters: on the
@@ -126,7 +129,7 @@ class Neon(MatrixOptimizer):
     def __init__(
         self,
         params,
-        lr: float | Tensor = 0.5,
+        lr: float | Tensor = 1.0,
         mode: str = "nuclear",
         momentum: float = 0.95,
         nesterov: bool = True,
@@ -280,14 +283,20 @@ class Neon(MatrixOptimizer):
             buf = local_tensor(state["momentum_buffer"])
             C = state.pop("captured", None)
             if "captured_left" in state:  # σ₁u₁v₁ᵀ as a broadcast product (a K=1 matmul is slow on CPU BLAS)
-                C = state.pop("captured_left") * state.pop("captured_right").mT
+                left, right = state.pop("captured_left"), state.pop("captured_right")
+                shape = (left.shape[0], right.shape[0])
+                out = self.scratch(("captured", shape), shape, torch.result_type(left, right), left.device)
+                C = torch.mul(left, right.mT, out=out)
             if C is None or buf.numel() != C.numel():
                 raise ValueError(
                     f"Neon(error_feedback=True) needs whole matrices on every rank, but parameter {name} is "
                     "row-sharded (FSDP2); train it under DDP or one process, or pass error_feedback=False"
                 )
             B = bucket.matrix(buf)  # the (out, in) view, also of weights stored (in, out) (HF Conv1D)
-            B.add_(C * weight if skip is None else torch.where(skip, 0.0, C * weight))
+            if skip is None:
+                B.add_(C, alpha=weight)
+            else:
+                B.add_(C * torch.where(skip, 0.0, weight))
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
