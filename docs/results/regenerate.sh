@@ -9,7 +9,7 @@ for T in digits-mlp digits-cnn shakespeare-gpt finetune; do
 done
 steepest-bench plot "$R/digits-mlp" --optimizers muon,neon-nuclear,neon-fstar,sgd,adamw --name claim1 --formats png
 steepest-bench plot "$R/digits-cnn" --optimizers muon,neon-nuclear,neon-fstar,neon-nuclear-drop,neon-fstar-drop --name claim2 --formats png
-steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,neon-nuclear,neon-fstar,adamw,dion --name claim3 --formats png
+steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,neon-nuclear,neon-fstar,neon-nuclear-ef,neon-fstar-ef,adamw,dion --name claim3 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,newton-muon --name claim4 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,adamw --name claim5 --formats png
 python "$R/claims.py" "$R" > "$R/shakespeare-gpt/claims.md"

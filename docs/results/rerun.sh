@@ -42,6 +42,17 @@ steepest-bench run   --task digits-mlp --threads 1 $Q --optimizers neon-nuclear-
 steepest-bench sweep $S --optimizer dion --lrs 0.00667,0.02,0.06
 steepest-bench run   $S --optimizers dion --seeds 3 --lr-from-sweep $R
 
+# 2026-11-30, second session (issue 15): Shakespeare F* (block following the rank) and the -ef variants,
+# and the Neon sweeps extended to bracket their best rates (the capped F* runs and its lr=10 and
+# F*-drop lr=0.2 sweep runs were deleted first: git rm).
+steepest-bench sweep $S --optimizer neon-fstar --lrs 0.1,0.3,1,3 --overwrite
+steepest-bench sweep $S --optimizer neon-fstar-drop --lrs 0.00667,0.02,0.06 --overwrite
+steepest-bench sweep $S --optimizer neon-nuclear --lrs 0.1
+steepest-bench sweep $S --optimizer neon-nuclear-drop --lrs 0.00667
+steepest-bench sweep $S --optimizer neon-nuclear-ef --lrs 0.1,0.3,1,3,10
+steepest-bench sweep $S --optimizer neon-fstar-ef --lrs 0.3,1,3,10
+steepest-bench run   $S --optimizers neon-fstar,neon-nuclear-ef,neon-fstar-ef --seeds 3 --lr-from-sweep $R
+
 # Claim 3's control (not committed here, so that it stays out of the Neon rows): hidden matrices
 # effectively frozen, only AdamW's embeddings, head and norms train. Final validation loss 2.48.
 steepest-bench run --task shakespeare-gpt --optimizers neon-nuclear --lr neon-nuclear=1e-6 --seeds 1 --threads 1 --out runs/frozen-control --quiet --no-plots

@@ -105,3 +105,20 @@ def test_accuracy_ticks_are_round_numbers(lo, hi):
     assert len(ticks) >= 3
     assert all(abs(t * 1000 - round(t * 1000)) < 1e-6 for t in ticks), ticks
     plt.close(fig)
+
+
+def test_a_figure_of_runs_from_two_machines_names_both(monkeypatch):
+    """A figure mixing runs recorded on two machines names each machine and its optimizers."""
+    import steepest.bench.plots as plots
+
+    class FakeRun:
+        def __init__(self, optimizer, cpu):
+            self.config = type("Config", (), {"optimizer": optimizer})()
+            self.env = {"cpu_model": cpu, "cpu_kind": "AVX2", "cpu_count": 2, "torch": "2.13.0", "torch_threads": 1}
+
+    monkeypatch.setattr(plots, "run_env", lambda run: run.env)
+    one = plots.hardware_of([FakeRun("muon", "Xeon"), FakeRun("adamw", "Xeon")])
+    two = plots.hardware_of([FakeRun("muon", "Xeon"), FakeRun("dion", "EPYC"), FakeRun("adamw", "Xeon")])
+    assert "Xeon" in one and "\n" not in one
+    assert "several machines" in two and "Xeon" in two and "EPYC" in two
+    assert "EPYC (AVX2), 2 cores, torch 2.13.0, 1 threads: dion" in two and "adamw, muon" in two

@@ -104,6 +104,17 @@ def _save(fig, folder: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
     return paths
 
 
+def hardware_of(runs: list[Run]) -> str:
+    """The hardware of the runs drawn in one figure (:func:`describe_hardware`); where they ran on
+    several machines, one line per machine naming its optimizers."""
+    machines: dict[str, set[str]] = {}
+    for run in runs:
+        machines.setdefault(describe_hardware(run_env(run)), set()).add(run.config.optimizer)
+    if len(machines) == 1:
+        return next(iter(machines))
+    return "runs on several machines:\n" + "\n".join(f"{hw}: {', '.join(sorted(opts))}" for hw, opts in machines.items())
+
+
 def plot_task(
     folder: Path, task: str, runs: list[Run], sweeps: list[Run], prefix: str = "", formats: tuple[str, ...] = FIGURE_FORMATS
 ) -> list[Path]:
@@ -117,7 +128,7 @@ def plot_task(
     n_seeds = max((len(g) for g in groups.values()), default=0)
     seeds_note = f"mean and min-max over {n_seeds} seeds" if n_seeds > 1 else "one seed"
     if runs or sweeps:
-        seeds_note += f"; {describe_hardware(run_env((runs or sweeps)[0]))}"
+        seeds_note += f"; {hardware_of(runs or sweeps)}"
     # Several lrs of one optimizer: distinguish them by line style.
     styles = ["-", "--", ":", "-."]
     by_opt: dict[str, list[tuple[str, float]]] = defaultdict(list)
@@ -201,7 +212,7 @@ def plot_task(
         ax.set_ylabel("final validation loss (x: diverged)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title(f"{task}: learning-rate sweep\n{describe_hardware(run_env(sweeps[0]))}", fontsize=9)
+        ax.set_title(f"{task}: learning-rate sweep\n{hardware_of(sweeps)}", fontsize=9)
         fig.tight_layout()
         written += _save(fig, folder, prefix + "sweep", formats)
         plt.close(fig)
