@@ -87,3 +87,20 @@ def test_neon_nuclear_reused_stack_matches_fresh():
         o2.step()
     for p, q in zip(p1, p2):
         torch.testing.assert_close(q.detach(), -p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_release_buffers_frees_them_and_the_next_step_is_unchanged():
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(512, 256, generator=gen) / 16
+    G = [torch.randn(512, 256, generator=gen) for _ in range(3)]
+    a, b = nn.Parameter(W.clone()), nn.Parameter(W.clone())
+    opt_a, opt_b = Muon([a], lr=0.02, msgn_dtype=torch.float32), Muon([b], lr=0.02, msgn_dtype=torch.float32)
+    for t, g in enumerate(G):
+        a.grad, b.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+        if t == 0:
+            assert opt_b._scratch
+            opt_b.release_buffers()
+            assert not getattr(opt_b, "_scratch", None)
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=0)

@@ -385,6 +385,11 @@ class MatrixOptimizer(Optimizer):
             for g, b, s in zip(grads, bufs, states)
         ]
 
+    def release_buffers(self) -> None:
+        """Free the CPU buffers that :meth:`scratch` keeps between steps (the next step allocates
+        them again), e.g. before evaluating a large model on a memory-tight machine."""
+        self.__dict__.pop("_scratch", None)
+
     def direction_buffer(self, bucket: Bucket, dtype: torch.dtype) -> Tensor:
         """A :meth:`scratch` buffer for the bucket's ``(k, m, n)`` direction, one per bucket (keyed by
         its first parameter: the directions of all buckets of a group live until they are applied)."""

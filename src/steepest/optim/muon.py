@@ -30,7 +30,8 @@ class Muon(MatrixOptimizer):
     ``msgn_dtype=torch.bfloat16`` and ``scale="original"`` the update is ``torch.optim.Muon``'s, bit
     for bit. Unlike it, conv weights are accepted (viewed as ``(out, in·kh·kw)``, the scale taken on
     that shape) and on CUDA same-shape matrices are orthogonalised in one batched call (on a CPU one at a
-    time, with 2-D products: faster there, see docs/performance.md).
+    time, with 2-D products into buffers kept between steps, and reading the norms once on the host,
+    which costs nothing there: faster, see docs/performance.md).
 
     Args:
         params: hidden-layer weights (≥ 2-D); give embeddings, the head and 1-D parameters to AdamW
