@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import steepest
+import steepest.distributed
 from steepest.optim.base import LocalExecutor
 
 SHAPES = [(256, 128)] * 5 + [(128, 256)] * 2
@@ -60,6 +61,42 @@ def run(executor=None, error_feedback: bool = False, mode: str = "fstar") -> dic
     keys += ("rank",) if mode == "fstar" else ()
     state = [{k: opt.state[p][k].clone() for k in keys} for p in params]
     return {"updates": updates, "state": state, "executor": type(opt.executor).__name__}
+
+
+def fsdp_krylov_run() -> dict:
+    """:func:`run`'s F* case with the parameters row-sharded by FSDP2 and Neon on the Krylov path
+    (each rank iterates its rows; the block grows within the step like the single process's)."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.set_num_threads(1)
+    holder = nn.Module()
+    holder.weights = nn.ParameterList([nn.Parameter(torch.zeros(s)) for s in SHAPES])
+    fully_shard(holder)
+    params = list(holder.weights)
+    opt = steepest.Neon(params, lr=1.0, mode="fstar", initial_rank=1, dense_fraction=0.5, momentum=0.0)
+    opt.executor = steepest.distributed.DistributedExecutor(neon="krylov")
+    updates = []
+    for step, ranks in enumerate(RANKS):
+        for i, (p, r) in enumerate(zip(params, ranks)):
+            with torch.no_grad():
+                p.to_local().zero_()
+            if r is None:
+                p.grad = None
+                continue
+            g = gradient(step, i, r).float()
+            chunk = -(-g.shape[0] // p.device_mesh.size())
+            start = min(p.device_mesh.get_local_rank() * chunk, g.shape[0])
+            rows = p.to_local().shape[0]
+            p.grad = DTensor.from_local(g[start : start + rows].clone(), p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+        opt.step()
+        updates.append([None if r is None else -p.detach().full_tensor().clone() for p, r in zip(params, ranks)])
+    state = [{k: opt.state[p][k].clone() for k in ("basis", "rank")} for p in params]
+    return {"updates": updates, "state": state, "rows": dict(opt.executor.rows)}
+
+
+def fsdp_width_change(rank: int, world: int) -> dict:
+    return {"krylov": fsdp_krylov_run()}
 
 
 def ddp_width_change(rank: int, world: int) -> dict:

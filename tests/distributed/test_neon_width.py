@@ -79,3 +79,23 @@ def test_error_feedback_under_ddp(world, kind, local, ddp):
         for i, (s, sl) in enumerate(zip(out["state"], local["state"])):
             assert relative_error(s["momentum_buffer"], sl["momentum_buffer"]) <= 1e-5, (rank, i)
             assert torch.equal(s["momentum_buffer"], results[0]["state"][i]["momentum_buffer"]), (rank, i)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_width_change_on_row_shards_krylov(world, local):
+    """FSDP2 row shards, Neon on the Krylov path: the block grows within the step as in one
+    process, so every update equals the single-process run's and the float64 F* (a rank of 40 on
+    the step it appears: before, this path followed the rank only from the next step on)."""
+    local = local["plain"]
+    results = [out["krylov"] for out in spawn.run(workers.fsdp_width_change, world)]
+    for rank, out in enumerate(results):
+        assert out["rows"], "the Krylov path ran"
+        for step, (got, want) in enumerate(zip(out["updates"], local["updates"])):
+            for i, (D, ref) in enumerate(zip(got, want)):
+                if ref is None:
+                    assert D is None
+                    continue
+                assert relative_error(D, ref) <= 1e-4, (rank, step, i)
+                assert relative_error(D, local["reference"][step][i]) <= 1e-3, (rank, step, i)
+        for i, (s, sl) in enumerate(zip(out["state"], local["state"])):
+            assert s["basis"].shape == sl["basis"].shape and torch.equal(s["rank"], sl["rank"]), (rank, i)

@@ -192,7 +192,7 @@ def fstar_adaptive(
                 C[todo] = Cd.to(C.dtype)
             break
         w = min(2 * w, max_width, full)
-        start = _padded(Vw[sel], w)
+        start = padded_block(Vw[sel], w)
         Dw, Vw, rw, Cw = block_step(M[todo], start, grow_iters, variant, sigma, capture)
         D[todo], V[todo], rank[todo] = Dw, Vw[..., :width], rw
         if capture:
@@ -200,7 +200,7 @@ def fstar_adaptive(
     return D, V, rank, C
 
 
-def _padded(Q: Tensor, width: int) -> Tensor:
+def padded_block(Q: Tensor, width: int) -> Tensor:
     """``Q`` (``(k, n, j)``) with fixed random columns appended up to ``width``."""
     extra = random_block(Q.shape[:-2], Q.shape[-2], width - Q.shape[-1], dtype=Q.dtype, device=Q.device)
     return torch.cat([Q, extra], dim=-1)
