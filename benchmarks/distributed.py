@@ -18,6 +18,7 @@ measures the launched world only::
 
     python benchmarks/distributed.py --optimizer muon --worlds 1 2 4
     python benchmarks/distributed.py --optimizer neon-nuclear --setting fsdp --neon krylov
+    python benchmarks/distributed.py --optimizer dion --setting fsdp --dion row_shards
     torchrun --nproc-per-node 8 benchmarks/distributed.py --device cuda --optimizer muon
     python benchmarks/distributed.py --simulate 8 --device cuda   # one GPU: one rank's share
 """
@@ -51,6 +52,7 @@ OPTIMIZERS = {
     "neon-fstar": (steepest.Neon, {"mode": "fstar"}),
     "shampoo": (steepest.Shampoo, {"update_every": 10}),
     "sign": (steepest.SignDescent, {}),
+    "dion": (steepest.Dion, {}),
 }
 
 
@@ -170,7 +172,7 @@ def measure(rank: int, world: int, args) -> dict:
     cls, options = OPTIMIZERS[args.optimizer]
     opt = cls(list(model.parameters()), lr=1e-3, nonfinite="skip", **options)
     if world > 1:
-        opt.executor = steepest.distributed.DistributedExecutor(neon=args.neon)
+        opt.executor = steepest.distributed.DistributedExecutor(neon=args.neon, dion=args.dion)
     else:
         opt.executor = LocalExecutor()
     clock = Clock(device)
@@ -282,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--optimizer", choices=list(OPTIMIZERS), default="muon")
     ap.add_argument("--setting", choices=["ddp", "fsdp"], default="ddp")
     ap.add_argument("--neon", choices=["auto", "krylov", "all_to_all"], default="auto")
+    ap.add_argument("--dion", choices=["auto", "row_shards", "all_to_all"], default="auto")
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--width", type=int, default=768, help="model width d: matrices d×d, 4d×d, d×4d")
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(results: dict[int, list[dict]], args) -> None:
     base = results.get(1, [None])[0]
-    print(f"\n{args.optimizer}, {args.setting}{'' if args.setting == 'ddp' else f' (neon: {args.neon})'}, "
+    print(f"\n{args.optimizer}, {args.setting}{'' if args.setting == 'ddp' else f' (neon: {args.neon}, dion: {args.dion})'}, "
           f"GPT-2-small matrices (d = {args.width}) × {args.layers} layers, {args.device}, median of {args.steps} steps")
     print("| processes | direction s (per rank) | direction CPU s (per rank) | comm s (per rank) | step s | speed-up | of ideal |")
     print("|---|---|---|---|---|---|---|")

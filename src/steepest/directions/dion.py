@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .lowrank import random_block, transpose_times
 
-__all__ = ["DionFactors", "dion_rank", "initial_basis", "power_step", "next_basis", "error_feedback", "dion_update"]
+__all__ = ["DionFactors", "dion_rank", "initial_basis", "power_step", "factors_from", "nonzero_scale", "next_basis", "error_feedback", "dion_update"]
 
 
 class DionFactors(NamedTuple):
@@ -68,16 +68,25 @@ def power_step(B: Tensor, Q: Tensor) -> DionFactors:
     X = B.to(Q.dtype)
     # divided by its largest entry first, so that neither the products nor the norms overflow or
     # underflow (float32 from entries of ~1e±19); P and Q' do not depend on the scale
-    scale = X.abs().amax(dim=(-2, -1), keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    X = X / scale
+    scale = nonzero_scale(X.abs().amax(dim=(-2, -1)))
+    X = X / scale[..., None, None]
     P = torch.linalg.qr(X @ Q, mode="reduced").Q
-    R = transpose_times(X, P)
+    return factors_from(P, transpose_times(X, P), scale, max(X.shape[-2:]))
+
+
+def nonzero_scale(amax: Tensor) -> Tensor:
+    """Each matrix's largest ``|entry|`` (``amax``), 1 where the matrix is zero."""
+    return torch.where(amax > 0, amax, torch.ones_like(amax))
+
+
+def factors_from(P: Tensor, R: Tensor, scale: Tensor, longest: int) -> DionFactors:
+    """:class:`DionFactors` from ``P`` and ``R = XᵀP`` of ``X = B/scale`` (``longest = max(m, n)``):
+    ``R``'s columns at rounding level (``≤ longest·eps·max‖R‖_col``) count as zero."""
     norms = torch.linalg.vector_norm(R, dim=-2)
-    floor = norms.amax(-1, keepdim=True) * (max(X.shape[-2:]) * torch.finfo(R.dtype).eps)
+    floor = norms.amax(-1, keepdim=True) * (longest * torch.finfo(R.dtype).eps)
     norms = torch.where(norms > floor, norms, torch.zeros_like(norms))
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return DionFactors(P, R * ((norms > 0) / safe).unsqueeze(-2), norms * scale.squeeze(-1))
+    return DionFactors(P, R * ((norms > 0) / safe).unsqueeze(-2), norms * scale[..., None])
 
 
 def next_basis(previous: Tensor, factors: DionFactors) -> Tensor:

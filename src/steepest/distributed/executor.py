@@ -29,12 +29,14 @@ from ..optim.base import Bucket, MatrixOptimizer
 from .agreement import check_same_options
 from .ddp import ReplicatedBatch
 from .fsdp import ShardedBatch, check_row_sharded
+from .dion_rows import DionRowBatch
 from .krylov import KrylovBatch
 from .partition import assign, direction_flops
 
 __all__ = ["DistributedExecutor", "NEON_STRATEGIES"]
 
 NEON_STRATEGIES = ("auto", "krylov", "all_to_all")
+DION_STRATEGIES = ("auto", "row_shards", "all_to_all")
 
 
 class _Local:
@@ -66,6 +68,9 @@ class DistributedExecutor:
         neon: how Neon handles row-sharded (FSDP2) matrices: ``"krylov"`` iterates on the row
             shards (:mod:`.krylov`), ``"all_to_all"`` moves whole matrices to owners like every
             other optimizer, ``"auto"`` (default) picks per batch by :meth:`prefers_krylov`.
+        dion: the same choice for Dion: ``"row_shards"`` runs its power iteration on the row
+            shards with small collectives (:mod:`.dion_rows`), ``"all_to_all"`` moves whole
+            matrices, ``"auto"`` (default) picks per batch by :meth:`prefers_dion_rows`.
 
     ``work`` counts, per matrix shape, the matrices whose direction this rank computed (and
     ``rows`` the row-shard rows that the Krylov path iterated); the tests read it.
@@ -76,10 +81,18 @@ class DistributedExecutor:
     # repeats the small QR/SVD on every rank, the all-to-all path moves 2·m·n numbers per matrix.
     # Equal at GPT-2 shapes of width 384 (147K and 590K entries), Krylov 25-70% faster from 512 on.
     KRYLOV_MIN_ENTRIES = 2**18
+    # Dion (benchmarks/distributed.py --optimizer dion --setting fsdp --dion ..., 2 gloo ranks on one
+    # CPU, GPT-2 layer shapes): the row path is slower at width 128 (17 vs 11 ms), level at 384 and
+    # 768 (53 vs 50, 233 vs 232 ms), 1.47× faster at 1536 (0.72 vs 1.06 s: every matrix splits evenly
+    # by rows, where whole matrices do not), and it always moves less data.
+    DION_ROWS_MIN_ENTRIES = 2**18
 
-    def __init__(self, process_group=None, *, neon: str = "auto") -> None:
+    def __init__(self, process_group=None, *, neon: str = "auto", dion: str = "auto") -> None:
         if neon not in NEON_STRATEGIES:
             raise ValueError(f"unknown neon strategy {neon!r}; accepted values: {', '.join(map(repr, NEON_STRATEGIES))}")
+        if dion not in DION_STRATEGIES:
+            raise ValueError(f"unknown dion strategy {dion!r}; accepted values: {', '.join(map(repr, DION_STRATEGIES))}")
+        self.dion = dion
         self.pg = process_group if process_group is not None else dist.group.WORLD
         self.rank = dist.get_rank(self.pg)
         self.world = dist.get_world_size(self.pg)
@@ -124,6 +137,8 @@ class DistributedExecutor:
                 batches.append(_Local(self, optimizer, group, bucket))
             elif kind == "krylov":
                 batches.append(KrylovBatch(self, optimizer, group, bucket, self._mesh_group(bucket)))
+            elif kind == "dion_rows":
+                batches.append(DionRowBatch(self, optimizer, group, bucket, self._mesh_group(bucket)))
             elif kind == "sharded":
                 batches.append(ShardedBatch(self, optimizer, group, bucket, plan_of[i], self._mesh_group(bucket)))
             else:
@@ -152,6 +167,13 @@ class DistributedExecutor:
         m, n = bucket.shape
         return m * n >= self.KRYLOV_MIN_ENTRIES
 
+    def prefers_dion_rows(self, bucket: Bucket) -> bool:
+        """Dion on row shards: its power iteration in place (small collectives) or whole matrices."""
+        if self.dion != "auto":
+            return self.dion == "row_shards"
+        m, n = bucket.shape
+        return m * n >= self.DION_ROWS_MIN_ENTRIES
+
     def _kind(self, optimizer, group: dict, bucket: Bucket) -> str:
         if optimizer.elementwise:
             return "local"
@@ -161,6 +183,8 @@ class DistributedExecutor:
         check_row_sharded(p, self.world)
         if hasattr(optimizer, "block_width") and self.prefers_krylov(optimizer, group, bucket):
             return "krylov"
+        if getattr(optimizer, "row_shard_strategy", None) == "dion_rows" and self.prefers_dion_rows(bucket):
+            return "dion_rows"
         return "sharded"
 
     def _mesh_group(self, bucket: Bucket):

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..directions.dion import dion_rank, dion_update, error_feedback, initial_basis, next_basis
+from ..directions.dion import DionFactors, dion_rank, dion_update, error_feedback, initial_basis, next_basis
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
 from .base import Bucket, MatrixOptimizer, local_tensor
 
@@ -36,7 +36,8 @@ class Dion(MatrixOptimizer):
     Same-shape matrices are one batched call. Distributed (DDP, FSDP2), the matrix's owner runs the
     power iteration and sends ``P``, ``Q`` and ``R``'s column norms (``(m + n + 1)·r`` numbers)
     with the direction; every rank then applies the error feedback to its copy (or row shard) of
-    ``M``, so the momentum itself never travels.
+    ``M``, so the momentum itself never travels. On FSDP2 row shards the executor can instead run
+    the power iteration on the shards with small collectives (:mod:`steepest.distributed.dion_rows`).
 
     Args:
         params: hidden-layer weights (≥ 2-D; conv weights are viewed as ``(out, in·kh·kw)``);
@@ -72,6 +73,9 @@ class Dion(MatrixOptimizer):
         )  # fmt: skip
         self._skip: Tensor | None = None
         super().__init__(params, defaults)
+
+    # under FSDP2, the executor may run the power iteration on the row shards (steepest.distributed.dion_rows)
+    row_shard_strategy = "dion_rows"
 
     def validate_group(self, group: dict) -> None:
         super().validate_group(group)
@@ -112,23 +116,30 @@ class Dion(MatrixOptimizer):
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         B = bucket.stack()
-        m, n = bucket.shape
-        r = self.rank(group, bucket.shape)
-        dtype = _precision(B.dtype)
+        previous = self.previous_basis(group, bucket, _precision(B.dtype), B.device)
+        D, factors = self.math(group, dion_update)(B, previous)
+        self.store_factors(bucket, previous, factors)
+        return D.to(B.dtype)
+
+    def previous_basis(self, group: dict, bucket: Bucket, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The ``(k, n, r)`` stack of the matrices' ``Q`` (the fixed start where a matrix has none)."""
+        n, r = bucket.shape[1], self.rank(group, bucket.shape)
         start = None
         previous = []
         for s in bucket.states:
             if "dion_Q" not in s:
-                start = initial_basis(n, r, dtype=dtype, device=B.device) if start is None else start
+                start = initial_basis(n, r, dtype=dtype, device=device) if start is None else start
             previous.append(s.get("dion_Q", start))
-        previous = torch.stack(previous)
-        D, factors = self.math(group, dion_update)(B, previous)
-        if self._skip is not None:  # a skipped step changes neither M (zero norms) nor Q
+        return torch.stack(previous)
+
+    def store_factors(self, bucket: Bucket, previous: Tensor, factors: DionFactors) -> None:
+        """Keep the step's ``Q``, ``P`` and norms in the matrices' states (``P`` and the norms are
+        consumed by :meth:`directions_done`); a skipped step changes neither ``M`` nor ``Q``."""
+        if self._skip is not None:
             factors = factors._replace(norms=factors.norms.masked_fill(self._skip, 0))
         bucket.store_state("dion_Q", next_basis(previous, factors))
         bucket.store_state("dion_P", factors.P)
         bucket.store_state("dion_norms", factors.norms)
-        return D.to(B.dtype)
 
     def directions_done(self, group: dict, bucket: Bucket) -> None:
         """On every rank: ``M ← B − (1−μ)·P Rᵀ`` on this rank's copy or row shard of each momentum,
