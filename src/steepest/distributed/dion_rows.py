@@ -20,32 +20,22 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 
 from ..directions.dion import factors_from, nonzero_scale
 from ..directions.lowrank import transpose_times
-from ..optim.base import Bucket
-from .fsdp import row_ranges
-from .krylov import tsqr
+from .rowshards import RowShardBatch, tsqr
 
 __all__ = ["DionRowBatch"]
 
 
-class DionRowBatch:
+class DionRowBatch(RowShardBatch):
     """One batch of row-sharded Dion matrices, stepped in place (see the module doc)."""
-
-    def __init__(self, executor, optimizer, group: dict, bucket: Bucket, process_group) -> None:
-        self.ex, self.optimizer, self.group, self.bucket, self.pg = executor, optimizer, group, bucket, process_group
-
-    def start(self) -> None:
-        pass
 
     def compute(self) -> None:
         opt, bucket, rank = self.optimizer, self.bucket, self.ex.rank
         m, n = bucket.shape
-        rows = row_ranges(m, self.ex.world)
+        rows, B = self.local_rows()
         first, last = rows[rank]
-        B = torch.stack([t.reshape(last - first, n) for t in bucket.momenta])
         dtype = torch.float64 if B.dtype == torch.float64 else torch.float32
         previous = opt.previous_basis(self.group, bucket, dtype, B.device)
         X = B.to(dtype)
@@ -57,13 +47,8 @@ class DionRowBatch:
         R = transpose_times(X, P).contiguous()
         dist.all_reduce(R, group=self.pg)
         factors = factors_from(P, R, scale, max(m, n))
-        self.ex.count(bucket.shape, rows=(last - first) * len(bucket.momenta))
         # directions_done takes this rank's rows of P from an (m, r) P: place them there
         full_P = P.new_zeros(P.shape[0], m, P.shape[-1])
         full_P[:, first:last] = P
         opt.store_factors(bucket, previous, factors._replace(P=full_P))
         self.D = (P @ factors.Q.mT).to(B.dtype)
-
-    def finish(self) -> Tensor:
-        self.optimizer.directions_done(self.group, self.bucket)
-        return self.D

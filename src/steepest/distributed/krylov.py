@@ -30,29 +30,9 @@ from torch import Tensor
 from ..directions.fstar import padded_block, soft_threshold_update
 from ..directions.lowrank import Triplets, transpose_times
 from ..directions.nuclear import rank_one
-from ..optim.base import Bucket
-from .fsdp import row_ranges
+from .rowshards import RowShardBatch, tsqr
 
 __all__ = ["KrylovBatch", "tsqr"]
-
-
-def tsqr(X: Tensor, rows: list[tuple[int, int]], rank: int, process_group) -> Tensor:
-    """Orthonormal rows ``P_r`` of a row-sharded ``(k, m, l)`` batch (``X`` is this rank's rows):
-    local QRs, one all-gather of the ``R`` factors, the QR of their stack (Householder all along,
-    so rank-deficient blocks stay orthonormal)."""
-    k, mine, l = X.shape
-    world = len(rows)
-    heights = [min(b - a, l) for a, b in rows]
-    Q, R = torch.linalg.qr(X, mode="reduced")  # (k, mine, h), (k, h, l)
-    padded = X.new_zeros(k, l, l)
-    padded[:, : heights[rank]] = R
-    gathered = X.new_empty(world * k * l * l)
-    dist.all_gather_into_tensor(gathered, padded.reshape(-1), group=process_group)
-    Rs = gathered.view(world, k, l, l)
-    stack = torch.cat([Rs[q, :, :h] for q, h in enumerate(heights)], dim=1)  # (k, Σh, l)
-    Q2 = torch.linalg.qr(stack, mode="reduced").Q
-    offset = sum(heights[:rank])
-    return Q @ Q2[:, offset : offset + heights[rank]]
 
 
 def _sum(t: Tensor, process_group) -> Tensor:
@@ -60,27 +40,17 @@ def _sum(t: Tensor, process_group) -> Tensor:
     return t
 
 
-class KrylovBatch:
+class KrylovBatch(RowShardBatch):
     """One batch of row-sharded Neon matrices, iterated in place (see the module doc)."""
 
-    def __init__(self, executor, optimizer, group: dict, bucket: Bucket, process_group) -> None:
-        self.ex, self.optimizer, self.group, self.bucket, self.pg = executor, optimizer, group, bucket, process_group
-
-    def start(self) -> None:
-        pass
-
     def compute(self) -> None:
-        opt, group, bucket, rank = self.optimizer, self.group, self.bucket, self.ex.rank
-        m, n = bucket.shape
-        rows = row_ranges(m, self.ex.world)
-        mine = rows[rank][1] - rows[rank][0]
-        M = torch.stack([t.reshape(mine, n) for t in bucket.momenta])
+        opt, group, bucket = self.optimizer, self.group, self.bucket
+        rows, M = self.local_rows()
         dtype = torch.float64 if M.dtype == torch.float64 else torch.float32
         A = M.to(dtype)
         width = opt.block_width(group, bucket)
         Q, iters = opt.start_block(group, bucket, width, A)  # bases of other widths cut or padded, as in one process
         triplets = self._triplets(A, Q, iters, rows)
-        self.ex.count(bucket.shape, rows=mine * len(bucket.momenta))
         if group["mode"] == "nuclear":
             bucket.store_state("basis", triplets.V[..., :width])
             self.D = rank_one(*triplets, group["sigma"]).to(M.dtype)
@@ -125,7 +95,3 @@ class KrylovBatch:
             Vw = grown.V
             D[todo], rank_[todo], V[todo] = Dw.to(D.dtype), rw, Vw[..., :width]
         return D, rank_, V
-
-    def finish(self) -> Tensor:
-        self.optimizer.directions_done(self.group, self.bucket)
-        return self.D
