@@ -293,7 +293,7 @@ def fsdp_parity(rank: int, world: int, names: list[str], neon: str = "auto") -> 
 
 
 # --- DCP checkpoints -------------------------------------------------------------------------
-CHECKPOINTED = ["muon", "neon-nuclear", "neon-fstar", "newton-muon", "shampoo", "sign"]
+CHECKPOINTED = ["muon", "neon-nuclear", "neon-fstar", "newton-muon", "shampoo", "sign", "dion"]
 FULL_OPTIONS = {"neon-fstar": dict(initial_rank=1, dense_fraction=1.0), "newton-muon": dict(refresh_every=2), "shampoo": dict(update_every=2)}
 
 
