@@ -52,22 +52,25 @@ def test_muon_cpu_buffers_match_the_batched_fresh_computation(dtype, param_dtype
             # ulp of the weights (that case checks the path on bf16 parameters; float32 checks values)
             tol = 1e-6 if dtype == torch.float32 else 2e-3 * 0.02 if param_dtype == torch.float32 else 2**-7 * float(want.abs().max())
             torch.testing.assert_close(p.detach(), want, rtol=0, atol=tol)
-    assert any(key[0] == "msgn" for key in opt._scratch), "the one-at-a-time CPU path ran"
+    one_at_a_time = any(key[0] == "msgn" for key in opt._scratch)
+    assert one_at_a_time == (dtype == torch.bfloat16), "one at a time for a bf16 iteration, batched for float32"
 
 
 def test_muon_transposed_group_on_cpu_buffers():
-    """A weight stored (in, out) (HF Conv1D) takes the update of its (out, in) transpose."""
+    """A weight stored (in, out) (HF Conv1D) takes the update of its (out, in) transpose, on the
+    one-at-a-time path (bf16 iteration)."""
     gen = torch.Generator().manual_seed(1)
     W = torch.randn(1024, 256, generator=gen) / 16
     G = [torch.randn(1024, 256, generator=gen) for _ in range(2)]
     a, b = nn.Parameter(W.clone()), nn.Parameter(W.mT.contiguous())
-    opt_a = Muon([a], lr=0.02, msgn_dtype=torch.float32)
-    opt_b = Muon([dict(params=[b], transposed=True)], lr=0.02, msgn_dtype=torch.float32)
+    opt_a = Muon([a], lr=0.02, msgn_dtype=torch.bfloat16)
+    opt_b = Muon([dict(params=[b], transposed=True)], lr=0.02, msgn_dtype=torch.bfloat16)
     for g in G:
         a.grad, b.grad = g.clone(), g.mT.contiguous()
         opt_a.step()
         opt_b.step()
         torch.testing.assert_close(b.detach().mT, a.detach(), rtol=0, atol=1e-6)
+    assert any(key[0] == "msgn" for key in opt_b._scratch)
 
 
 def test_neon_nuclear_reused_stack_matches_fresh():
@@ -94,7 +97,7 @@ def test_release_buffers_frees_them_and_the_next_step_is_unchanged():
     W = torch.randn(512, 256, generator=gen) / 16
     G = [torch.randn(512, 256, generator=gen) for _ in range(3)]
     a, b = nn.Parameter(W.clone()), nn.Parameter(W.clone())
-    opt_a, opt_b = Muon([a], lr=0.02, msgn_dtype=torch.float32), Muon([b], lr=0.02, msgn_dtype=torch.float32)
+    opt_a, opt_b = Muon([a], lr=0.02, msgn_dtype=torch.bfloat16), Muon([b], lr=0.02, msgn_dtype=torch.bfloat16)
     for t, g in enumerate(G):
         a.grad, b.grad = g.clone(), g.clone()
         opt_a.step()

@@ -12,10 +12,13 @@ from .base import Bucket, MatrixOptimizer
 __all__ = ["Muon"]
 
 # On a CPU, matrices whose smaller side is at least this are orthogonalised one at a time into kept
-# buffers, smaller ones in one batched call per shape. One thread of a 2-core AMD EPYC, GPT-2
-# structure (benchmarks/cpu_muon.py shapes), ms per step, one at a time vs batched: width 128
-# (72 matrices) 45 vs 34; width 256: 59 vs 65; width 512: 193 vs 240.
+# buffers when the iteration runs in bf16/fp16, smaller ones (and float32 iterations) in one batched
+# call per shape. One thread of a 2-core AMD EPYC, GPT-2 structure (benchmarks/cpu_muon.py shapes),
+# ms per step, one at a time vs batched, bf16: width 128 (72 matrices) 45 vs 34; width 256: 59 vs 65;
+# width 512: 193 vs 240. float32 at width 768 (2 threads): 1396 vs 1386, and 1409 vs 1379 with the
+# kernels capped at AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS): no gain.
 CPU_ONE_AT_A_TIME = 256
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class Muon(MatrixOptimizer):
@@ -29,9 +32,10 @@ class Muon(MatrixOptimizer):
     :func:`steepest.directions.spectral_scale`. With ``msgn_method="newton_schulz"``,
     ``msgn_dtype=torch.bfloat16`` and ``scale="original"`` the update is ``torch.optim.Muon``'s, bit
     for bit. Unlike it, conv weights are accepted (viewed as ``(out, in·kh·kw)``, the scale taken on
-    that shape) and on CUDA same-shape matrices are orthogonalised in one batched call (on a CPU one at a
-    time, with 2-D products into buffers kept between steps, and reading the norms once on the host,
-    which costs nothing there: faster, see docs/performance.md).
+    that shape) and same-shape matrices are orthogonalised in one batched call (on a CPU iterating in
+    bf16, matrices with both sides ≥ 256 one at a time, with 2-D products into buffers kept between
+    steps; on CPUs the norms are read once on the host, which costs nothing there: faster, see
+    docs/performance.md).
 
     Args:
         params: hidden-layer weights (≥ 2-D); give embeddings, the head and 1-D parameters to AdamW
@@ -95,7 +99,7 @@ class Muon(MatrixOptimizer):
         momentum = bucket.momenta[0]
         dtype = group["msgn_dtype"] or default_iteration_dtype(momentum.device)
         method, steps = group["msgn_method"], group["ns_steps"]
-        if momentum.device.type == "cpu" and not group["compile"] and min(bucket.shape) >= CPU_ONE_AT_A_TIME:
+        if momentum.device.type == "cpu" and not group["compile"] and dtype in HALF_DTYPES and min(bucket.shape) >= CPU_ONE_AT_A_TIME:
             # one matrix at a time, with 2-D products: CPU BLAS runs them at least as fast as a batched
             # call, and no (k, m, n) stack is copied; every product and the (k, m, n) result go into
             # buffers kept between steps (fresh ones would be paged in again on every step)
