@@ -16,7 +16,6 @@ iterations reach the accuracy of a cold start with many. ``σᵢ`` converges lik
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -46,15 +45,9 @@ def random_block(batch_shape: torch.Size, n: int, l: int, *, dtype: torch.dtype,
     """A deterministic Gaussian ``(n, l)`` start block, the same for every matrix of the batch
     (so batching never changes a result) and independent of the global RNG (so a resumed run draws
     the same block)."""
-    block = _gaussian_block(n, l, seed).to(device=device, dtype=dtype, copy=True)
-    return block.expand(*batch_shape, n, l)
-
-
-@functools.lru_cache(maxsize=64)
-def _gaussian_block(n: int, l: int, seed: int) -> Tensor:
-    """The float64 CPU draw behind :func:`random_block` (kept: Neon pads its block every step)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(n, l, generator=gen, dtype=torch.float64)
+    block = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    return block.expand(*batch_shape, n, l)
 
 
 def transpose_times(A: Tensor, P: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ def block_columns(rank: int, oversample: int, m: int, n: int) -> int:
     return min(-(-want // BLOCK_MULTIPLE) * BLOCK_MULTIPLE, m, n)
 
 
-def _fit(basis: Tensor, width: int, pad: Tensor) -> Tensor:
+def _fit(basis: Tensor, width: int, pad: Tensor | None) -> Tensor:
     """``basis`` (``n × j``) cut to ``width`` columns, or completed with columns of ``pad``."""
     j = basis.shape[-1]
     return basis[..., :width] if j >= width else torch.cat([basis, pad[..., : width - j]], dim=-1)
@@ -254,7 +254,8 @@ class Neon(MatrixOptimizer):
         else:
             init = [s["basis"] for s in bucket.states]
             warm = min(s["basis"].shape[-1] for s in states) + group["oversample"] >= width
-        pad = random_block(torch.Size(), n, width, dtype=dtype, device=M.device)
+        # the fixed random columns, drawn only when some basis is narrower than the block
+        pad = random_block(torch.Size(), n, width, dtype=dtype, device=M.device) if any(b.shape[-1] < width for b in init) else None
         block = torch.stack([_fit(b.to(dtype), width, pad) for b in init])
         return block, group["iters"] if warm else group["cold_iters"]
 
