@@ -92,3 +92,11 @@ def test_world_size_one_uses_the_local_executor():
 
     (result,) = spawn.run(workers.world_of_one, 1)
     assert result == {"setting": "local", "executor": "LocalExecutor", "diff": 0.0}
+
+
+@pytest.mark.parametrize("option", ["neon", "dion"])
+def test_unknown_row_shard_strategy_names_the_option_and_the_choices(option):
+    from steepest.distributed import DistributedExecutor
+
+    with pytest.raises(ValueError, match=rf"unknown {option} strategy 'bogus'; accepted values: 'auto', .*'all_to_all'"):
+        DistributedExecutor(**{option: "bogus"})
