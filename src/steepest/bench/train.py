@@ -245,6 +245,25 @@ class _Progress:
             self.bar.close()
 
 
+@dataclass
+class _Run:
+    """One run's objects: what it trains and with what, on which ranks, into which folder."""
+
+    cfg: RunConfig
+    ctx: DistContext
+    rd: Path
+    task: Any
+    device: torch.device
+    problem: Problem
+    raw_model: nn.Module  # the model's own parameters and state_dict
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    init_record: dict[str, Any] | None = None
+    model: nn.Module | None = None  # raw_model compiled and DDP-wrapped: what trains
+    eval_model: nn.Module | None = None  # raw_model compiled, without DDP: what evaluates
+    autocast: Callable[[], Any] = contextlib.nullcontext
+
+
 def train(
     cfg: RunConfig,
     out: str | os.PathLike,
@@ -271,14 +290,30 @@ def train(
     if action == "fresh" and not overwrite and not ctx.active and _reuse_sweep_twin(out, cfg, rd):
         action = "skip"
     if action == "skip":
-        result = json.loads((rd / RESULT).read_text())
-        return RunResult(cfg, rd, result["status"], result.get("message", ""), result.get("final", {}), skipped=True)
-    # Data, model and optimizer first: their errors must not leave a half-made run folder.
+        return _ended_run(cfg, rd)
+    run = _build(cfg, ctx, rd, task, device)  # before the folder: errors leave no half-made run
+    _start_folder(run, fresh=action == "fresh")
+    start, clock, final = _restore(run) if action == "resume" else (0, {"time": 0.0, "opt_time": 0.0}, {})
+    _wrap_model(run)
+    if start < cfg.steps:
+        _warm_up(task, run.problem, cfg, device, run.autocast, ctx)
+    return _train_loop(run, start, clock, final, _Progress(cfg, start, quiet, ctx, progress_every), callback)
+
+
+def _ended_run(cfg: RunConfig, rd: Path) -> RunResult:
+    """The result of a run that had already ended (``result.json``)."""
+    result = json.loads((rd / RESULT).read_text())
+    return RunResult(cfg, rd, result["status"], result.get("message", ""), result.get("final", {}), skipped=True)
+
+
+def _build(cfg: RunConfig, ctx: DistContext, rd: Path, task, device: torch.device) -> _Run:
+    """The run's data, model (seeded; a fine-tuning run's pretrained weights, checked against
+    the model) and fresh optimizer; :class:`Incompatible` when the optimizer refuses the model."""
     problem = task.build_problem(cfg, device)
     torch.manual_seed(cfg.seed)  # model initialisation (and dropout) use the global RNG
     raw_model = task.build_model(problem, cfg.model).to(device)
     init_record = None
-    if cfg.init_from:  # fine-tuning: pretrained weights (checked against the model), a fresh optimizer
+    if cfg.init_from:
         from .finetune import load_init
 
         init_record = load_init(raw_model, cfg)
@@ -289,145 +324,191 @@ def train(
     except (ValueError, TypeError) as e:
         raise Incompatible(f"optimizer {cfg.optimizer} cannot train task {cfg.task}'s model: {e}") from None
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    return _Run(cfg, ctx, rd, task, device, problem, raw_model, optimizer, base_lrs, init_record)
 
-    ctx.barrier()  # every rank has planned (and loaded its data) before rank 0 changes the folder
-    if ctx.is_main:
-        if action == "fresh":
-            if rd.exists():
-                shutil.rmtree(rd)
-            rd.mkdir(parents=True)
-            _write_json(rd / CONFIG, {
-                "run": cfg.to_dict(),
-                "task_description": task.description,
-                "env": environment(str(device)),
-                "argv": sys.argv,
-                **({"init": init_record} if init_record else {}),
-                **({"corpus": problem.corpus} if getattr(problem, "corpus", None) else {}),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })  # fmt: skip
+
+def _start_folder(run: _Run, fresh: bool) -> None:
+    """For a fresh run, rank 0 (re)creates the run folder with its ``config.json``, once every
+    rank has planned and loaded its data."""
+    cfg, ctx, rd = run.cfg, run.ctx, run.rd
+    ctx.barrier()
+    if ctx.is_main and fresh:
+        if rd.exists():
+            shutil.rmtree(rd)
+        rd.mkdir(parents=True)
+        _write_json(rd / CONFIG, {
+            "run": cfg.to_dict(),
+            "task_description": run.task.description,
+            "env": environment(str(run.device)),
+            "argv": sys.argv,
+            **({"init": run.init_record} if run.init_record else {}),
+            **({"corpus": run.problem.corpus} if getattr(run.problem, "corpus", None) else {}),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })  # fmt: skip
     ctx.barrier()
 
+
+def _restore(run: _Run) -> tuple[int, dict[str, float], dict[str, Any]]:
+    """Resume from the checkpoint (model, optimizer, RNG states), if any: returns the step it
+    holds, the clocks and the last evaluation record. Rank 0 drops what the interrupted run
+    logged after its checkpoint, which is about to be redone."""
     start, clock = 0, {"time": 0.0, "opt_time": 0.0}
-    ckpt_path = rd / CKPT
-    if action == "resume" and ckpt_path.exists():
+    if (run.rd / CKPT).exists():
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt = torch.load(run.rd / CKPT, map_location="cpu", weights_only=False)
+        run.raw_model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
         start, clock = ckpt["step"], ckpt["clock"]
-        _set_rng_state(ckpt["rng"], device)
-    final: dict[str, Any] = {}
-    if ctx.is_main and action == "resume":
-        # Drop what the interrupted run logged after its checkpoint; it is about to be redone.
-        kept = [r for r in read_metrics(rd / METRICS) if start > 0 and r.get("step", math.inf) <= start]
-        with open(rd / METRICS, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        final = next((r for r in reversed(kept) if "val_loss" in r), {})
+        _set_rng_state(ckpt["rng"], run.device)
+    if not run.ctx.is_main:
+        return start, clock, {}
+    kept = [r for r in read_metrics(run.rd / METRICS) if start > 0 and r.get("step", math.inf) <= start]
+    with open(run.rd / METRICS, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    return start, clock, next((r for r in reversed(kept) if "val_loss" in r), {})
 
-    model: nn.Module = raw_model
-    if cfg.compile:
-        model = torch.compile(model)
-    # Evaluation bypasses DDP: its forward may run collectives (buffer broadcasts) and ranks can
-    # hold different numbers of validation batches.
-    eval_model = model
-    if ctx.active:
-        ids = [device.index] if device.type == "cuda" else None
+
+def _wrap_model(run: _Run) -> None:
+    """``torch.compile`` (``cfg.compile``), DDP on several ranks, bf16 autocast (``cfg.amp`` on
+    CUDA). Evaluation bypasses DDP: its forward may run collectives (buffer broadcasts) and
+    ranks can hold different numbers of validation batches."""
+    model = torch.compile(run.raw_model) if run.cfg.compile else run.raw_model
+    run.eval_model = model
+    if run.ctx.active:
+        ids = [run.device.index] if run.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    autocast = (
-        (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-        if cfg.amp and device.type == "cuda"
-        else contextlib.nullcontext
-    )
-    if start < cfg.steps:
-        _warm_up(task, problem, cfg, device, autocast, ctx)
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    run.model = model
+    if run.cfg.amp and run.device.type == "cuda":
+        run.autocast = lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
-    metrics = open(rd / METRICS, "a", encoding="utf-8") if ctx.is_main else None
 
-    def log(record: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+class _RunFiles:
+    """What a run writes into its folder: ``metrics.jsonl`` lines, checkpoints and
+    ``result.json``; rank 0 only (on the other ranks, nothing is written)."""
 
-    def save_checkpoint(step: int) -> None:
-        if not ctx.is_main:
+    def __init__(self, run: _Run):
+        self.run = run
+        self.metrics = open(run.rd / METRICS, "a", encoding="utf-8") if run.ctx.is_main else None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+
+    def checkpoint(self, step: int, clock: dict[str, float]) -> None:
+        run = self.run
+        if not run.ctx.is_main:
             return
-        tmp = ckpt_path.with_suffix(".pt.tmp")
+        tmp = (run.rd / CKPT).with_suffix(".pt.tmp")
         torch.save({
-            "step": step, "clock": dict(clock), "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": _rng_state(device), "config": cfg.to_dict(),
+            "step": step, "clock": dict(clock), "model": run.raw_model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "rng": _rng_state(run.device), "config": run.cfg.to_dict(),
         }, tmp)  # fmt: skip
-        os.replace(tmp, ckpt_path)
+        os.replace(tmp, run.rd / CKPT)
 
-    def finish(status: str, message: str, final: dict[str, Any]) -> RunResult:
-        if ctx.is_main:
+    def finish(self, status: str, message: str, final: dict[str, Any]) -> RunResult:
+        run = self.run
+        if run.ctx.is_main:
             steps_done = final["diverged_at"] - 1 if "diverged_at" in final else final.get("step", 0)
-            _write_json(rd / RESULT, {
+            _write_json(run.rd / RESULT, {
                 "status": status, "message": message, "final": final, "steps_done": steps_done,
-                "parameters": count_parameters(raw_model),
+                "parameters": count_parameters(run.raw_model),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })  # fmt: skip
-        return RunResult(cfg, rd, status, message, final)
+        return RunResult(run.cfg, run.rd, status, message, final)
 
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _train_loop(
+    run: _Run,
+    start: int,
+    clock: dict[str, float],
+    final: dict[str, Any],
+    bar: _Progress,
+    callback: Callable[[int, float], None] | None,
+) -> RunResult:
+    """Evaluate at step 0, then train from ``start`` to ``cfg.steps``: log every step, evaluate
+    every ``eval_every`` and checkpoint every ``ckpt_every`` steps (and at the last); a
+    non-finite loss or gradient ends the run as ``diverged``."""
+    cfg = run.cfg
+    files = _RunFiles(run)
     loss_value: float | None = final.get("train_loss")
-    bar = _Progress(cfg, start, quiet, ctx, progress_every)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    step = start
     try:
-        model.train()
+        run.model.train()
         if start == 0:
-            final = {"step": 0, "time": 0.0, "opt_time": 0.0, **_evaluate(eval_model, problem, ctx, autocast, device)}
-            log(final)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            final = {"step": 0, "time": 0.0, "opt_time": 0.0, **_evaluate_run(run)}
+            files.log(final)
         for step in range(start, cfg.steps):
-            factor = cfg.lr_factor(step)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            _sync(device)
-            t0 = time.perf_counter()
-            x, y = problem.train_batch(step, ctx.rank, ctx.world)
-            with autocast():
-                out = model(x)
-            loss = problem.loss(out, y)
-            loss_sum.copy_(loss.detach())
-            loss_value = ctx.all_sum(loss_sum).item() / ctx.world
-            if not math.isfinite(loss_value):
-                raise Diverged(f"loss is {loss_value} at step {step + 1}")
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            _sync(device)
-            t1 = time.perf_counter()
-            try:
-                optimizer.step()
-            except NonFiniteGradientError as e:
-                raise Diverged(str(e)) from e
-            _sync(device)
-            t2 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            clock["time"] += t2 - t0
-            clock["opt_time"] += t2 - t1
-
+            lr = cfg.lr * _schedule_lr(run, step)
+            loss_value = _train_step(run, step, clock, loss_sum)
             done = step + 1
-            record = {"step": done, "time": clock["time"], "opt_time": clock["opt_time"],
-                      "train_loss": loss_value, "lr": cfg.lr * factor}  # fmt: skip
+            record = {"step": done, "time": clock["time"], "opt_time": clock["opt_time"], "train_loss": loss_value, "lr": lr}
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                record.update(_evaluate(eval_model, problem, ctx, autocast, device))
+                record.update(_evaluate_run(run))
                 final = record
-            log(record)
+            files.log(record)
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                save_checkpoint(done)
+                files.checkpoint(done, clock)
             bar.update(loss_value)
             if callback is not None:
                 callback(done, loss_value)
             if kill_at and done == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
     except Diverged as e:
-        final = {**final, "diverged_at": step + 1}
-        message = f"run {rd} diverged: {e}; stopped it (its files are kept)"
-        log({"step": step + 1, "diverged": True, "message": str(e)})
-        return finish("diverged", message, final)
+        files.log({"step": step + 1, "diverged": True, "message": str(e)})
+        message = f"run {run.rd} diverged: {e}; stopped it (its files are kept)"
+        return files.finish("diverged", message, {**final, "diverged_at": step + 1})
     finally:
         bar.close()
-        if metrics is not None:
-            metrics.close()
-    final = {**final, "train_loss": loss_value}
-    return finish("completed", "", final)
+        files.close()
+    return files.finish("completed", "", {**final, "train_loss": loss_value})
+
+
+def _schedule_lr(run: _Run, step: int) -> float:
+    """Set every group's lr to its base lr times the schedule's factor at ``step``; returns the factor."""
+    factor = run.cfg.lr_factor(step)
+    for group, base in zip(run.optimizer.param_groups, run.base_lrs):
+        group["lr"] = base * factor
+    return factor
+
+
+def _train_step(run: _Run, step: int, clock: dict[str, float], loss_sum: torch.Tensor) -> float:
+    """One step: batch, forward, backward, gradient clipping, ``optimizer.step``. Adds its seconds
+    to ``clock["time"]`` (those of ``optimizer.step`` to ``clock["opt_time"]`` too) and returns the
+    loss averaged over ranks; :class:`Diverged` on a non-finite loss or gradient."""
+    ctx, device, optimizer = run.ctx, run.device, run.optimizer
+    _sync(device)
+    t0 = time.perf_counter()
+    x, y = run.problem.train_batch(step, ctx.rank, ctx.world)
+    with run.autocast():
+        out = run.model(x)
+    loss = run.problem.loss(out, y)
+    loss_sum.copy_(loss.detach())
+    loss_value = ctx.all_sum(loss_sum).item() / ctx.world
+    if not math.isfinite(loss_value):
+        raise Diverged(f"loss is {loss_value} at step {step + 1}")
+    loss.backward()
+    if run.cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.raw_model.parameters(), run.cfg.grad_clip)
+    _sync(device)
+    t1 = time.perf_counter()
+    try:
+        optimizer.step()
+    except NonFiniteGradientError as e:
+        raise Diverged(str(e)) from e
+    _sync(device)
+    t2 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    clock["time"] += t2 - t0
+    clock["opt_time"] += t2 - t1
+    return loss_value
+
+
+def _evaluate_run(run: _Run) -> dict[str, float]:
+    return _evaluate(run.eval_model, run.problem, run.ctx, run.autocast, run.device)
