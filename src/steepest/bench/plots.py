@@ -123,100 +123,129 @@ def plot_task(
     plt = _pyplot()
     written: list[Path] = []
     groups = group_runs(runs)
-    colors = _colors([opt for opt, _ in groups])
-    multi_lr = len({lr for (o, lr) in groups}) > len({o for (o, _) in groups})
-    n_seeds = max((len(g) for g in groups.values()), default=0)
-    seeds_note = f"mean and min-max over {n_seeds} seeds" if n_seeds > 1 else "one seed"
-    if runs or sweeps:
-        seeds_note += f"; {hardware_of(runs or sweeps)}"
-    # Several lrs of one optimizer: distinguish them by line style.
-    styles = ["-", "--", ":", "-."]
-    by_opt: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for key in sorted(groups):
-        by_opt[key[0]].append(key)
-
-    extents: dict = {}  # axis -> the series drawn on it, for limits that clip no band
     if groups:
-        has_acc = any(curve(g, "val_acc") for g in groups.values())
-        rows = [("val_loss", "validation loss")] + ([("val_acc", "validation accuracy")] if has_acc else [])
-        fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4 * len(rows)), squeeze=False)
-        for (opt, lr), g in sorted(groups.items()):
-            style = styles[by_opt[opt].index((opt, lr)) % len(styles)] if multi_lr else "-"
-            label = describe_group(opt, lr)
-            for i, (key, title) in enumerate(rows):
-                c = curve(g, key)
-                if c is None:
-                    continue
-                for j, x in enumerate((c.steps, c.time)):
-                    ax = axes[i][j]
-                    _band(ax, x, c, colors[opt], label, extents)
-                    ax.lines[-1].set_linestyle(style)
-        for i, (key, title) in enumerate(rows):
-            for j, xlabel in enumerate(("step", "training time (s)")):
-                ax = axes[i][j]
-                ax.set_xlabel(xlabel)
-                ax.set_ylabel(title)
-                ax.grid(alpha=0.3)
-                if key == "val_loss":
-                    _loss_limits(ax, extents.get(ax, []))
-                else:
-                    _accuracy_limits(ax, extents.get(ax, []))
-                    ax.set_ylabel(f"{title} (logit scale)")
-        axes[0][0].legend(fontsize=8)
+        colors = _colors([opt for opt, _ in groups])
+        styles = _line_styles(list(groups))
+        n_seeds = max(len(g) for g in groups.values())
+        seeds_note = f"mean and min-max over {n_seeds} seeds" if n_seeds > 1 else "one seed"
+        seeds_note += f"; {hardware_of(runs)}"
+        fig = _validation_figure(plt, groups, colors, styles)
         fig.suptitle(f"{task}: {seeds_note}")
-        fig.tight_layout()
-        written += _save(fig, folder, prefix + "validation", formats)
-        plt.close(fig)
-
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
-        for (opt, lr), g in sorted(groups.items()):
-            c = curve(g, "train_loss", train=True)
-            if c is None:
-                continue
-            beta = min(0.98, 1 - 10 / max(len(c.steps), 10))
-            smooth = Curve(c.steps, c.time, _ema(c.mean, beta), _ema(c.low, beta), _ema(c.high, beta), c.per_seed)
-            style = styles[by_opt[opt].index((opt, lr)) % len(styles)] if multi_lr else "-"
-            for j, x in enumerate((c.steps, c.time)):
-                _band(axes[0][j], x, smooth, colors[opt], describe_group(opt, lr), extents)
-                axes[0][j].lines[-1].set_linestyle(style)
-        for j, xlabel in enumerate(("step", "training time (s)")):
-            axes[0][j].set_xlabel(xlabel)
-            axes[0][j].set_ylabel("training loss (smoothed)")
-            axes[0][j].grid(alpha=0.3)
-            _loss_limits(axes[0][j], extents.get(axes[0][j], []))
-        axes[0][0].legend(fontsize=8)
+        written += _write(plt, fig, folder, prefix + "validation", formats)
+        fig = _train_loss_figure(plt, groups, colors, styles)
         fig.suptitle(f"{task}: training loss, {seeds_note}")
-        fig.tight_layout()
-        written += _save(fig, folder, prefix + "train_loss", formats)
-        plt.close(fig)
-
+        written += _write(plt, fig, folder, prefix + "train_loss", formats)
     if sweeps:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        sweep_groups = group_runs(sweeps)
-        sweep_colors = _colors([o for o, _ in sweep_groups])
-        for opt in sorted({o for o, _ in sweep_groups}):
-            lrs = sorted(lr for o, lr in sweep_groups if o == opt)
-            finals = [[r.final("val_loss") for r in sweep_groups[(opt, lr)]] for lr in lrs]
-            mean = np.array([np.mean(v) if all(math.isfinite(x) for x in v) else np.nan for v in finals])
-            lo = np.array([np.min(v) for v in finals])
-            hi = np.array([np.max(v) for v in finals])
-            ax.plot(lrs, mean, "o-", color=sweep_colors[opt], label=opt)
-            ok = np.isfinite(lo) & np.isfinite(hi)
-            if ok.any():
-                ax.fill_between(np.array(lrs)[ok], lo[ok], hi[ok], color=sweep_colors[opt], alpha=0.2, lw=0)
-            bad = [lr for lr, m in zip(lrs, mean) if not np.isfinite(m)]
-            if bad:
-                ax.plot(bad, [np.nanmax(mean) if np.isfinite(mean).any() else 1.0] * len(bad), "x", color=sweep_colors[opt], ms=9)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("final validation loss (x: diverged)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(f"{task}: learning-rate sweep\n{hardware_of(sweeps)}", fontsize=9)
-        fig.tight_layout()
-        written += _save(fig, folder, prefix + "sweep", formats)
-        plt.close(fig)
+        fig = _sweep_figure(plt, group_runs(sweeps))
+        fig.axes[0].set_title(f"{task}: learning-rate sweep\n{hardware_of(sweeps)}", fontsize=9)
+        written += _write(plt, fig, folder, prefix + "sweep", formats)
     return written
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _line_styles(keys: list[tuple[str, float]]) -> dict[tuple[str, float], str]:
+    """The line style of each ``(optimizer, lr)``: solid, unless some optimizer has several lrs,
+    which then differ by style (in lr order)."""
+    multi_lr = len({lr for _, lr in keys}) > len({opt for opt, _ in keys})
+    by_opt: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for key in sorted(keys):
+        by_opt[key[0]].append(key)
+    return {key: LINE_STYLES[by_opt[key[0]].index(key) % len(LINE_STYLES)] if multi_lr else "-" for key in keys}
+
+
+def _write(plt, fig, folder: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
+    fig.tight_layout()
+    paths = _save(fig, folder, stem, formats)
+    plt.close(fig)
+    return paths
+
+
+def _curves(ax_row, c: Curve, color: str, label: str, style: str, extents: dict) -> None:
+    """``c`` against step (left axis of ``ax_row``) and against training time (right)."""
+    for j, x in enumerate((c.steps, c.time)):
+        _band(ax_row[j], x, c, color, label, extents)
+        ax_row[j].lines[-1].set_linestyle(style)
+
+
+def _grid_axes(ax_row, ylabel: str) -> None:
+    for ax, xlabel in zip(ax_row, ("step", "training time (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+
+
+def _validation_figure(plt, groups: dict, colors: dict[str, str], styles: dict):
+    """Validation loss (and accuracy, where recorded) against step and training time."""
+    has_acc = any(curve(g, "val_acc") for g in groups.values())
+    rows = [("val_loss", "validation loss")] + ([("val_acc", "validation accuracy")] if has_acc else [])
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4 * len(rows)), squeeze=False)
+    extents: dict = {}  # axis -> the series drawn on it, for limits that clip no band
+    for (opt, lr), g in sorted(groups.items()):
+        for i, (key, _) in enumerate(rows):
+            c = curve(g, key)
+            if c is not None:
+                _curves(axes[i], c, colors[opt], describe_group(opt, lr), styles[(opt, lr)], extents)
+    for i, (key, title) in enumerate(rows):
+        _grid_axes(axes[i], title)
+        for ax in axes[i]:
+            if key == "val_loss":
+                _loss_limits(ax, extents.get(ax, []))
+            else:
+                _accuracy_limits(ax, extents.get(ax, []))
+                ax.set_ylabel(f"{title} (logit scale)")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def _train_loss_figure(plt, groups: dict, colors: dict[str, str], styles: dict):
+    """Training loss, smoothed (bias-corrected EMA), against step and training time."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    extents: dict = {}
+    for (opt, lr), g in sorted(groups.items()):
+        c = curve(g, "train_loss", train=True)
+        if c is None:
+            continue
+        beta = min(0.98, 1 - 10 / max(len(c.steps), 10))
+        smooth = Curve(c.steps, c.time, _ema(c.mean, beta), _ema(c.low, beta), _ema(c.high, beta), c.per_seed)
+        _curves(axes[0], smooth, colors[opt], describe_group(opt, lr), styles[(opt, lr)], extents)
+    _grid_axes(axes[0], "training loss (smoothed)")
+    for ax in axes[0]:
+        _loss_limits(ax, extents.get(ax, []))
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def _sweep_figure(plt, sweep_groups: dict):
+    """Final validation loss against learning rate, one line per optimizer (x: diverged)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colors = _colors([o for o, _ in sweep_groups])
+    for opt in sorted({o for o, _ in sweep_groups}):
+        lrs = sorted(lr for o, lr in sweep_groups if o == opt)
+        finals = [[r.final("val_loss") for r in sweep_groups[(opt, lr)]] for lr in lrs]
+        _sweep_line(ax, lrs, finals, colors[opt], opt)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation loss (x: diverged)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _sweep_line(ax, lrs: list[float], finals: list[list[float]], color: str, label: str) -> None:
+    """The mean final loss of each lr, its min-max band, and an x at the top for each lr where
+    some seed diverged."""
+    mean = np.array([np.mean(v) if all(math.isfinite(x) for x in v) else np.nan for v in finals])
+    lo = np.array([np.min(v) for v in finals])
+    hi = np.array([np.max(v) for v in finals])
+    ax.plot(lrs, mean, "o-", color=color, label=label)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.fill_between(np.array(lrs)[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
+    bad = [lr for lr, m in zip(lrs, mean) if not np.isfinite(m)]
+    if bad:
+        ax.plot(bad, [np.nanmax(mean) if np.isfinite(mean).any() else 1.0] * len(bad), "x", color=color, ms=9)
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
