@@ -188,51 +188,14 @@ def classify_parameters(
     """
     if inputs not in INPUT_CHOICES:
         raise ValueError(f"inputs must be one of {', '.join(map(repr, INPUT_CHOICES))}, got {inputs!r}")
-    aliases: dict[int, list[str]] = {}
-    params: dict[int, nn.Parameter] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if p.requires_grad:
-            aliases.setdefault(id(p), []).append(name)
-            params[id(p)] = p
-    all_names = {n: i for i, ns in aliases.items() for n in ns}
-
+    params, aliases = _trainable(model)
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
     modules = matrix_modules(model)
     matrix: dict[int, tuple[nn.Module, bool]] = {}
     for module, w, transposed in modules:
         matrix.setdefault(id(w), (module, transposed))
-
-    heads: set[int] = set()
-    out_layer = _output_embedding(model)
-    if out_layer is not None:
-        heads.update(id(p) for p in out_layer.parameters() if p.ndim >= 2)
-    else:
-        trainable = [m for m, w, _ in modules if w.requires_grad]
-        if trainable:
-            heads.update(id(w) for m, w, _ in modules if m is trainable[-1])
-    for h in head or ():
-        if isinstance(h, str):
-            if h not in all_names:
-                raise ValueError(f"head: no trainable parameter named {h!r}; names are e.g. {list(all_names)[:5]}")
-            heads.add(all_names[h])
-        elif isinstance(h, nn.Module):
-            heads.update(id(p) for p in h.parameters() if p.ndim >= 2)
-        elif isinstance(h, Tensor):
-            heads.add(id(h))
-        else:
-            raise ValueError(f"head: expected parameter names, parameters or modules, got {type(h).__name__}")
-
-    input_layers: set[int] = set()
-    if inputs == "adamw":
-        for module in model.modules():
-            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-                break
-            attrs = [getattr(module, a, None) for a, _ in _matrix_attrs(module)]
-            attrs = [w for w in attrs if isinstance(w, Tensor) and w.ndim >= 2 and w.requires_grad]
-            if attrs:
-                input_layers.update(id(w) for w in attrs)
-                break
-
+    heads = _detected_head(model, modules) | _named_heads(head, {n: i for i, ns in aliases.items() for n in ns})
+    input_layers = _input_layer(model) if inputs == "adamw" else set()
     infos = []
     for pid, p in params.items():
         names = tuple(aliases[pid])
@@ -251,6 +214,61 @@ def classify_parameters(
             kind = "matrix"
         infos.append(ParamInfo(names[0], names, p, kind, transposed if kind == "matrix" else False, module))
     return ParameterSplit(infos)
+
+
+def _trainable(model: nn.Module) -> tuple[dict[int, nn.Parameter], dict[int, list[str]]]:
+    """``model``'s trainable parameters by id, in ``named_parameters`` order, and each one's
+    names (tied parameters have several)."""
+    aliases: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.requires_grad:
+            aliases.setdefault(id(p), []).append(name)
+            params[id(p)] = p
+    return params, aliases
+
+
+def _detected_head(model: nn.Module, modules: list[tuple[nn.Module, Tensor, bool]]) -> set[int]:
+    """The ids of the output layer's matrices: ``get_output_embeddings()``'s where the model has
+    one, else those of the last matrix module with a trainable weight."""
+    out_layer = _output_embedding(model)
+    if out_layer is not None:
+        return {id(p) for p in out_layer.parameters() if p.ndim >= 2}
+    trainable = [m for m, w, _ in modules if w.requires_grad]
+    if not trainable:
+        return set()
+    return {id(w) for m, w, _ in modules if m is trainable[-1]}
+
+
+def _named_heads(head: Iterable[nn.Parameter | nn.Module | str] | None, names: dict[str, int]) -> set[int]:
+    """The ids of what ``head=`` names: parameter names (any name of a tied parameter, ``names``
+    maps each to its id), parameters, or modules (their parameters of two or more dimensions)."""
+    heads: set[int] = set()
+    for h in head or ():
+        if isinstance(h, str):
+            if h not in names:
+                raise ValueError(f"head: no trainable parameter named {h!r}; names are e.g. {list(names)[:5]}")
+            heads.add(names[h])
+        elif isinstance(h, nn.Module):
+            heads.update(id(p) for p in h.parameters() if p.ndim >= 2)
+        elif isinstance(h, Tensor):
+            heads.add(id(h))
+        else:
+            raise ValueError(f"head: expected parameter names, parameters or modules, got {type(h).__name__}")
+    return heads
+
+
+def _input_layer(model: nn.Module) -> set[int]:
+    """The ids of the first matrix module's trainable matrices, unless an embedding is registered
+    before it (then none): the input layer that ``inputs="adamw"`` sends to AdamW."""
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            break
+        attrs = [getattr(module, a, None) for a, _ in _matrix_attrs(module)]
+        attrs = [w for w in attrs if isinstance(w, Tensor) and w.ndim >= 2 and w.requires_grad]
+        if attrs:
+            return {id(w) for w in attrs}
+    return set()
 
 
 def split_parameters(
