@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from steepest.directions import msgn, newton_muon_direction, right_precondition
-from steepest.directions.newton_muon import MIN_RIDGE, effective_ridge
+from steepest.directions.newton_muon import MIN_RIDGE, damped_inverse, effective_ridge, trace_ridge
 from steepest.directions.families import matrix_family
 from steepest.directions.reference import reference_newton_muon, relative_error
 
@@ -129,3 +129,34 @@ def test_bfloat16_gradient():
     D = newton_muon_direction(Gb, K.float(), method="svd")
     assert D.dtype == torch.bfloat16
     assert relative_error(D, reference_newton_muon(Gb.double(), K, float(effective_ridge(K, 0.0)))) <= 1e-2  # bf16 output: 2^-9
+
+
+def test_damped_inverse_matches_float64():
+    """NewtonMuon's cached K⁻¹: (K + δI)⁻¹ with δ = max(damping·tr(K)/n, 1e-4·‖K‖_F) + 1e-8, batched,
+    against float64 inv; a singular K with damping 0 takes the min ridge, K = 0 the 1e-8 floor."""
+    K_singular, _ = singular_moment(48, 8)
+    K = torch.stack([input_moment(48, 0), K_singular, torch.zeros(48, 48, dtype=torch.float64)])
+    eye = torch.eye(48, dtype=torch.float64)
+    for damping in (0.2, 0.0):
+        ridge = torch.stack([torch.maximum(damping * torch.trace(k) / 48, MIN_RIDGE * torch.linalg.matrix_norm(k)) + 1e-8 for k in K])
+        torch.testing.assert_close(trace_ridge(K, damping), ridge, rtol=1e-14, atol=0)
+        inverse = damped_inverse(K, damping)
+        assert inverse.dtype == torch.float64 and inverse.shape == K.shape
+        for k, r, inv in zip(K, ridge, inverse):
+            torch.testing.assert_close(inv, torch.linalg.inv(k + r * eye), rtol=1e-9, atol=0)
+    assert float(trace_ridge(K[2], 0.0)) == 1e-8  # K = 0, damping 0: still factorisable
+    Kf = K[:2].float()  # float32, as the optimizer runs it
+    for k, inv in zip(K[:2], damped_inverse(Kf, 0.2)):
+        ref = torch.linalg.inv(k + trace_ridge(k, 0.2) * eye)
+        assert relative_error(inv.double(), ref) <= 1e-6  # measured 1.1e-7
+
+
+def test_damped_inverse_is_the_identity_where_cholesky_fails():
+    K = torch.stack([-torch.eye(6, dtype=torch.float64), input_moment(6)])
+    inverse = damped_inverse(K, 0.0)
+    torch.testing.assert_close(inverse[0], torch.eye(6, dtype=torch.float64), rtol=0, atol=0)
+    torch.testing.assert_close(inverse[1], torch.linalg.inv(K[1] + trace_ridge(K[1], 0.0) * torch.eye(6, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="K must be square"):
+        damped_inverse(torch.zeros(3, 4), 0.2)
+    with pytest.raises(ValueError, match="damping"):
+        damped_inverse(K, -1.0)

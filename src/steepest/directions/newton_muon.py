@@ -25,15 +25,38 @@ from torch import Tensor
 from ._checks import check_matrix, check_nonnegative, check_square, compute_dtype
 from .msgn import msgn, power_of_two_scale
 
-__all__ = ["newton_muon_direction", "right_precondition", "effective_ridge", "MIN_RIDGE"]
+__all__ = ["newton_muon_direction", "right_precondition", "effective_ridge", "trace_ridge", "damped_inverse", "MIN_RIDGE"]
 
 MIN_RIDGE = 1e-4  # the ridge is at least MIN_RIDGE·‖K‖_F (module docstring)
+RIDGE_FLOOR = 1e-8  # added to trace_ridge: K = 0 with damping 0 still factorises
 
 
 def effective_ridge(K: Tensor, damping: float | Tensor, min_ridge: float = MIN_RIDGE) -> Tensor:
     """``max(δ, min_ridge·‖K‖_F)`` per matrix of ``K`` (shape ``K.shape[:-2]``), in ``K``'s dtype."""
     damping = torch.as_tensor(damping, dtype=K.dtype, device=K.device)
     return torch.maximum(damping, min_ridge * torch.linalg.matrix_norm(K))
+
+
+def trace_ridge(K: Tensor, damping: float, *, min_ridge: float = MIN_RIDGE) -> Tensor:
+    """The ridge relative to the mean eigenvalue, the paper's setting: per matrix of ``K``
+    (shape ``K.shape[:-2]``), ``δ = max(damping·tr(K)/n, min_ridge·‖K‖_F) + 1e-8``, in ``K``'s dtype."""
+    trace = torch.diagonal(K, dim1=-2, dim2=-1).sum(-1)
+    return effective_ridge(K, damping * trace / K.shape[-1], min_ridge) + RIDGE_FLOOR
+
+
+def damped_inverse(K: Tensor, damping: float, *, min_ridge: float = MIN_RIDGE) -> Tensor:
+    """``(K + δI)⁻¹`` per matrix of ``K`` (``(..., n, n)``, symmetric positive semi-definite), with
+    :func:`trace_ridge`'s ``δ``, by a Cholesky factorisation in ``K``'s dtype; the identity where the
+    factorisation fails (``K`` indefinite). No host read and no warning: the optimizer's cached
+    inverse, refreshed every few steps and then applied as one GEMM, ``G·K⁻¹``."""
+    check_matrix(K, "K", check_finite=False)
+    if K.shape[-2] != K.shape[-1]:
+        raise ValueError(f"K must be square, (..., n, n), got {tuple(K.shape)}")
+    check_nonnegative(damping, "damping")
+    ridge = trace_ridge(K, damping, min_ridge=min_ridge)
+    eye = torch.eye(K.shape[-1], device=K.device, dtype=K.dtype)
+    chol, info = torch.linalg.cholesky_ex(K + ridge[..., None, None] * eye)
+    return torch.where((info == 0)[..., None, None], torch.cholesky_inverse(chol), eye)
 
 
 def _scaled_solve(G: Tensor, K: Tensor, damping: float | Tensor, min_ridge: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:

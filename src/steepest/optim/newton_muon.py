@@ -2,98 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..directions.newton_muon import MIN_RIDGE
+from ..directions.newton_muon import damped_inverse
 from .base import LocalExecutor, check_hyperparameter
+from .input_statistics import InputStatistics, conv_patches
 from .muon import Muon
-from .split import classify_parameters, matrix_modules
+from .split import classify_parameters
 
 __all__ = ["NewtonMuon", "conv_patches"]
-
-
-def conv_patches(x: Tensor, conv: nn.modules.conv._ConvNd) -> Tensor:
-    """The rows ``Z`` (one per output position, ``(N·L, in·k₁·k₂…)``) that ``conv`` multiplies by
-    its weight viewed as ``(out, in·k₁·k₂…)``: ``conv(x) = Z Wᵀ`` reshaped. ``x`` is ``(N, C, *spatial)``
-    (or unbatched ``(C, *spatial)``); padding (any ``padding_mode``), stride and dilation are
-    ``conv``'s. Only ``groups=1`` (a grouped conv's columns see different inputs per group)."""
-    d = len(conv.kernel_size)
-    if x.ndim == d + 1:
-        x = x.unsqueeze(0)
-    if conv.padding_mode != "zeros":
-        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-        padding = (0,) * d
-    elif isinstance(conv.padding, str):  # "same"/"valid": the padding torch applies
-        padding = conv._reversed_padding_repeated_twice if conv.padding == "same" else (0,) * (2 * d)
-        x = F.pad(x, padding)
-        padding = (0,) * d
-    else:
-        padding = conv.padding
-    x = F.pad(x, [p for pad in reversed(padding) for p in (pad, pad)]) if any(padding) else x
-    for i, (k, s, dil) in enumerate(zip(conv.kernel_size, conv.stride, conv.dilation)):
-        span = (k - 1) * dil + 1
-        x = x.unfold(2 + i, span, s)  # (N, C, L…, span…) with the window dims appended
-        if dil > 1:
-            x = x[..., ::dil]
-    # x: (N, C, L1..Ld, K1..Kd) -> (N, L1..Ld, C, K1..Kd) -> (N·L, C·K)
-    n, c = x.shape[:2]
-    dims = [0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)]
-    return x.permute(dims).reshape(-1, c * math.prod(conv.kernel_size))
-
-
-def _first(args: tuple, kwargs: dict) -> Tensor | None:
-    return args[0] if args and isinstance(args[0], Tensor) else None
-
-
-def _extractor(module: nn.Module, attr: str, n: int):
-    """How to read the inputs of ``module``'s matrix ``attr`` (``n`` input columns) in a forward
-    pre-hook: ``(key, source, rows)``, ``source(args, kwargs)`` the tensor it reads (or None) and
-    ``rows(x)`` its rows ``Z`` (``(tokens, n)``, or None if ``x`` does not fit); ``key`` names the
-    transformation, so that one tensor read by several modules (q, k, v) has its moment computed
-    once. None: unsupported."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        if module.groups != 1 or module.transposed:
-            return None
-        d = len(module.kernel_size)
-        key = ("conv", module.in_channels, module.kernel_size, module.stride, module.padding, module.dilation, module.padding_mode)
-
-        def patches(x: Tensor) -> Tensor | None:
-            return conv_patches(x, module) if x.ndim in (d + 1, d + 2) and x.shape[-d - 1] == module.in_channels else None
-
-        return key, _first, patches
-
-    def rows(x: Tensor) -> Tensor | None:
-        return x.reshape(-1, n) if x.shape[-1] == n else None
-
-    if isinstance(module, nn.MultiheadAttention):
-        def inputs(args: tuple, kwargs: dict) -> list:
-            return [args[i] if i < len(args) else kwargs.get(k) for i, k in enumerate(("query", "key", "value"))]
-
-        if attr == "in_proj_weight":  # one matrix for q, k and v: it has one input only in self-attention
-            def source(args: tuple, kwargs: dict) -> Tensor | None:
-                q, k, v = inputs(args, kwargs)
-                return q if q is k and k is v else None
-        else:
-            which = ("q_proj_weight", "k_proj_weight", "v_proj_weight").index(attr)
-
-            def source(args: tuple, kwargs: dict) -> Tensor | None:
-                return inputs(args, kwargs)[which]
-
-        return ("rows", n), source, rows
-    # nn.Linear, HF Conv1D and registered modules: applied to the last dimension of their input
-    return ("rows", n), _first, rows
-
-
-def _compiled(model: nn.Module) -> bool:
-    """Whether ``model`` is (or holds) a ``torch.compile``'d module."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
 class NewtonMuon(Muon):
@@ -150,10 +70,7 @@ class NewtonMuon(Muon):
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
             raise ValueError(f"refresh_every must be an integer >= 1, got {refresh_every!r}")
         self.ema, self.refresh_every, self.damping, self.init_diag = ema, refresh_every, damping, init_diag
-        self._collecting = True
-        self._sums: dict[Tensor, list] = {}
-        self._hooks = []
-        self._shared: tuple | None = None  # the last input's moment: (input, version, key, ZᵀZ, rows)
+        self.inputs = InputStatistics()  # each hooked matrix's ZᵀZ since its last refresh
         self._checked: set[int] = set()  # matrices whose statistics were checked at a first refresh
         if model is not None:
             self.attach(model)
@@ -173,58 +90,26 @@ class NewtonMuon(Muon):
         """Install input hooks on the modules of ``model`` that apply a matrix this optimizer
         updates (see the class docstring for which); returns how many matrices are hooked."""
         mine = {id(p) for g in self.param_groups for p in g["params"]}
-        # nn.MultiheadAttention applies out_proj's weight with F.linear, never calling the module
-        bypassed = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-        count = 0
-        for module, weight, transposed in matrix_modules(model):
-            if id(weight) not in mine or weight in self._sums or id(module) in bypassed:
-                continue
+
+        def columns(module: nn.Module, weight: Tensor, transposed: bool) -> int | None:
+            if id(weight) not in mine:
+                return None
             if transposed != self.is_transposed(weight):
                 raise ValueError(
                     f"NewtonMuon: {type(module).__name__} stores its weight {'(in, out)' if transposed else '(out, in)'}, but its param "
                     f"group says transposed={not transposed}; build with steepest.build_optimizer or NewtonMuon.from_model"
                 )
-            attr = next(a for a in ("weight", "in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight") if getattr(module, a, None) is weight)
-            found = _extractor(module, attr, self.matrix_shape(weight)[1])
-            if found is None:
-                continue
-            self._hooks.append(module.register_forward_pre_hook(self._make_hook(weight, *found), with_kwargs=True))
-            self._sums[weight] = [None, 0]
-            count += 1
-        if count and _compiled(model):
-            # Dynamo does not guard on module hooks: code compiled before they existed would keep
-            # running without them. Drop the compiled code, so that it is retraced with the hooks.
-            torch.compiler.reset()
-        return count
+            return self.matrix_shape(weight)[1]
+
+        return self.inputs.attach(model, columns)
 
     def remove_hooks(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        self.inputs.remove_hooks()
 
-    def _make_hook(self, weight: Tensor, key: tuple, source, rows):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if not (self._collecting and module.training and torch.is_grad_enabled()):
-                return
-            x = source(args, kwargs)
-            if x is None:
-                return
-            with torch.no_grad():
-                shared = self._shared
-                if shared is not None and shared[0] is x and shared[1] == x._version and shared[2] == key:
-                    gram, count = shared[3], shared[4]
-                else:
-                    Z = rows(x)
-                    if Z is None:
-                        return
-                    Z = Z.detach().float()
-                    gram, count = Z.mT @ Z, Z.shape[0]
-                    self._shared = (x, x._version, key, gram, count)  # held until the step
-                acc = self._sums[weight]
-                acc[0] = gram if acc[0] is None else acc[0] + gram
-                acc[1] += count
-
-        return hook
+    # The input statistics under their former names (tests read them).
+    _sums = property(lambda self: self.inputs.sums)
+    _hooks = property(lambda self: self.inputs.hooks)
+    _collecting = property(lambda self: self.inputs.collecting)
 
     def _as_matrix(self, t: Tensor, p: Tensor) -> Tensor:
         """A gradient (or a row shard of one, possibly empty) as its ``(out, in)`` matrix."""
@@ -232,8 +117,8 @@ class NewtonMuon(Muon):
         return t.reshape(n, m).mT if self.is_transposed(p) else t.reshape(t.shape[0], n)
 
     def transform_gradients(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict]) -> list[Tensor]:
-        self._check_statistics(group, [p for p in params if p not in self._sums])
-        hooked = [i for i, p in enumerate(params) if p in self._sums]
+        self._check_statistics(group, [p for p in params if p not in self.inputs])
+        hooked = [i for i, p in enumerate(params) if p in self.inputs]
         if not hooked:
             return grads
         refresh = [i for i in hooked if int(states[i]["step"]) % self.refresh_every == 0]
@@ -280,8 +165,8 @@ class NewtonMuon(Muon):
         warnings.warn(f"NewtonMuon: no input statistics for {names}: {why}; they are updated as by Muon", stacklevel=4)
 
     def _refresh(self, params: list[Tensor], states: list[dict]) -> list[Tensor]:
-        """EMA update of K from the collected inputs, then K⁻¹ (float32 Cholesky, batched per
-        size); returns the matrices that had no inputs since the last refresh."""
+        """EMA update of K from the collected inputs, then K⁻¹ (:func:`~steepest.directions.newton_muon.damped_inverse`,
+        float32, batched per size); returns the matrices that had no inputs since the last refresh."""
         by_size: dict[tuple, list[int]] = {}
         totals, counts = self._collected_inputs(params)
         empty = []
@@ -292,15 +177,9 @@ class NewtonMuon(Muon):
                 states[j]["input_moment"] = (1 - self.ema) * K + self.ema * (total / count)
             else:
                 empty.append(p)
-            self._sums[p] = [None, 0]
             by_size.setdefault((self.matrix_shape(p)[1], p.device), []).append(j)
         for idx in by_size.values():
-            K = torch.stack([states[j]["input_moment"] for j in idx])
-            d = K.shape[-1]
-            ridge = torch.maximum(self.damping * torch.diagonal(K, dim1=-2, dim2=-1).sum(-1) / d, MIN_RIDGE * torch.linalg.matrix_norm(K)) + 1e-8  # damping 0 on a singular K: still factorisable
-            eye = torch.eye(d, device=K.device, dtype=K.dtype)
-            chol, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
-            inverse = torch.where((info == 0)[:, None, None], torch.cholesky_inverse(chol), eye)
+            inverse = damped_inverse(torch.stack([states[j]["input_moment"] for j in idx]), self.damping)
             for j, inv in zip(idx, inverse.unbind(0)):
                 states[j]["input_moment_inverse"] = inv
         return empty
@@ -308,8 +187,7 @@ class NewtonMuon(Muon):
     def _collected_inputs(self, params: list[Tensor]) -> tuple[list[Tensor | None], list[int]]:
         """Each weight's ``ZᵀZ`` sum and input count since the last refresh, over all ranks: under
         DDP/FSDP each rank sees its own batch, and every rank must build the same ``K``."""
-        totals = [self._sums[p][0] for p in params]
-        counts = [self._sums[p][1] for p in params]
+        totals, counts = self.inputs.take(params)
         if isinstance(self.executor, LocalExecutor):
             return totals, counts
         sizes = [self.matrix_shape(p)[1] for p in params]
@@ -321,12 +199,15 @@ class NewtonMuon(Muon):
     @torch.no_grad()
     def step(self, closure=None):
         loss = super().step(closure)
-        self._shared = None  # release the last input
-        steps = [int(self.state[p]["step"]) for p in self._sums if p in self.state and "step" in self.state[p]]
-        self._collecting = any(s % self.refresh_every == 0 for s in steps) if steps else True
+        self.inputs.release()
+        self._schedule_collection()
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        steps = [int(self.state[p]["step"]) for p in self._sums if p in self.state and "step" in self.state[p]]
-        self._collecting = any(s % self.refresh_every == 0 for s in steps) if steps else True
+        self._schedule_collection()
+
+    def _schedule_collection(self) -> None:
+        """Collect inputs in the next step only if it refreshes K for some matrix (or before any step)."""
+        steps = [int(self.state[p]["step"]) for p in self.inputs.sums if p in self.state and "step" in self.state[p]]
+        self.inputs.collecting = any(s % self.refresh_every == 0 for s in steps) if steps else True
