@@ -1,7 +1,8 @@
 """Neon's F* direction: a low-rank soft-thresholding of the singular values.
 
-Two exact minimisers of ``⟨G, Δ⟩ + λ/2·‖Δ‖²`` (``G = UΣVᵀ``, verified in float64 in
-``../reference.md`` §1 and in the tests):
+Two exact minimisers of ``⟨G, Δ⟩ + λ/2·‖Δ‖²`` (``G = UΣVᵀ``, verified in float64 by minimising
+over the singular values, in the tests); the Neon seed is Kravatskiy, Kozyrev, Kozlov, Vinogradov,
+Merkulov & Oseledets, *Neon: Nuclear Norm to Beat Muon* (MIPT optimization class project):
 
 * ``variant="seed"`` — the Neon seed's eq. 3, ``D = U·diag([σᵢ − τ]₊)·Vᵀ`` with τ solving
   ``Σᵢ [σᵢ − τ]₊ = τ``. It is exact for the *squared-mean* norm ``‖Δ‖² = (‖Δ‖_*² + ‖Δ‖_F²)/2``,

@@ -11,7 +11,7 @@ iterated with batched matmuls, then a Rayleigh–Ritz step extracts the triplets
 
 Warm-starting ``Q`` from the previous optimizer step's right singular vectors, one or two
 iterations reach the accuracy of a cold start with many. ``σᵢ`` converges like
-``(σ_{l+1}/σᵢ)^{2q}``, which is why oversampling matters (``../reference.md`` §4).
+``(σ_{l+1}/σᵢ)^{2q}``, which is why oversampling matters (Halko, Martinsson & Tropp 2011, §9; Musco & Musco 2015).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ class NewtonMuon(Muon):
     r"""``W ← (1 − ηλ)W − η·s(m, n)·msgn(M)``, with ``M`` the momentum of ``G·K⁻¹``.
 
     ``K`` estimates the second moment ``ZᵀZ/N`` of each matrix's inputs ``Z`` (one row per token,
-    ``G`` and ``K`` taken on the ``(out, in)`` view); the paper's reference settings (arXiv
-    2604.01472, ``../reference.md`` §1) are the defaults:
+    ``G`` and ``K`` taken on the ``(out, in)`` view); the settings of the paper (Du & Su 2026,
+    arXiv 2604.01472) and of its public reference code are the defaults:
 
     * ``K ← (1 − ema)·K + ema·ZᵀZ/N`` with ``ema = 0.05``, starting from ``init_diag·I`` (1e-3),
       updated from the inputs of every ``refresh_every``-th step (32); forward pre-hooks that the
