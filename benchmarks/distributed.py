@@ -17,8 +17,8 @@ NCCL, one GPU per rank (``--device cuda`` with at least W GPUs). Under ``torchru
 measures the launched world only::
 
     python benchmarks/distributed.py --optimizer muon --worlds 1 2 4
-    python benchmarks/distributed.py --optimizer neon-nuclear --setting fsdp --neon krylov
-    python benchmarks/distributed.py --optimizer dion --setting fsdp --dion row_shards
+    python benchmarks/distributed.py --optimizer neon-nuclear --setting fsdp --row-shards in_place
+    python benchmarks/distributed.py --optimizer dion --setting fsdp --row-shards in_place
     torchrun --nproc-per-node 8 benchmarks/distributed.py --device cuda --optimizer muon
     python benchmarks/distributed.py --simulate 8 --device cuda   # one GPU: one rank's share
 """
@@ -111,12 +111,12 @@ class Clock:
 
         opt.direction = direction
 
-    def wrap_krylov(self) -> None:
-        """The Krylov path computes Neon's directions itself: its compute is its time less the
-        collectives inside it."""
-        from steepest.distributed.krylov import KrylovBatch
+    def wrap_row_shards(self) -> None:
+        """The in-place row-shard path computes the directions itself: its compute is its time
+        less the collectives inside it."""
+        from steepest.distributed.rowshards import RowShardBatch
 
-        original, clock = KrylovBatch.compute, self
+        original, clock = RowShardBatch.compute, self
 
         def compute(batch):
             comm, t, c = clock.comm, time.perf_counter(), time.process_time()
@@ -125,7 +125,7 @@ class Clock:
             clock.direction += time.perf_counter() - t - (clock.comm - comm)
             clock.direction_cpu += time.process_time() - c  # includes the collectives' own CPU work
 
-        KrylovBatch.compute = compute
+        RowShardBatch.compute = compute
 
     def wrap_collectives(self) -> None:
         clock = self
@@ -172,12 +172,12 @@ def measure(rank: int, world: int, args) -> dict:
     cls, options = OPTIMIZERS[args.optimizer]
     opt = cls(list(model.parameters()), lr=1e-3, nonfinite="skip", **options)
     if world > 1:
-        opt.executor = steepest.distributed.DistributedExecutor(neon=args.neon, dion=args.dion)
+        opt.executor = steepest.distributed.DistributedExecutor(row_shards=args.row_shards)
     else:
         opt.executor = LocalExecutor()
     clock = Clock(device)
     clock.wrap_direction(opt)
-    clock.wrap_krylov()
+    clock.wrap_row_shards()
     clock.wrap_collectives()
     steps, directions, cpus, comms = [], [], [], []
     for t in range(args.warmup + args.steps):
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--optimizer", choices=list(OPTIMIZERS), default="muon")
     ap.add_argument("--setting", choices=["ddp", "fsdp"], default="ddp")
-    ap.add_argument("--neon", choices=["auto", "krylov", "all_to_all"], default="auto")
-    ap.add_argument("--dion", choices=["auto", "row_shards", "all_to_all"], default="auto")
+    ap.add_argument("--row-shards", choices=["auto", "in_place", "all_to_all"], default="auto",
+                    help="FSDP2 row shards: the optimizer's in-place path (Neon, Dion) or whole matrices")
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--width", type=int, default=768, help="model width d: matrices d×d, 4d×d, d×4d")
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(results: dict[int, list[dict]], args) -> None:
     base = results.get(1, [None])[0]
-    print(f"\n{args.optimizer}, {args.setting}{'' if args.setting == 'ddp' else f' (neon: {args.neon}, dion: {args.dion})'}, "
+    print(f"\n{args.optimizer}, {args.setting}{'' if args.setting == 'ddp' else f' (row shards: {args.row_shards})'}, "
           f"GPT-2-small matrices (d = {args.width}) × {args.layers} layers, {args.device}, median of {args.steps} steps")
     print("| processes | direction s (per rank) | direction CPU s (per rank) | comm s (per rank) | step s | speed-up | of ideal |")
     print("|---|---|---|---|---|---|---|")

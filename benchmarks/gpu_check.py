@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     c = Check(out, args.deadline or (300.0 if args.smoke else 480.0), args.smoke)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    import steepest.bench  # noqa: E402, F401  (registers the peers, torch-muon, ...)
     from steepest.optim.build import optimizer_names  # noqa: E402  (after PYTHONPATH is known to work)
 
     wanted = [n.strip() for n in (args.optimizers or ("adamw,muon" if args.smoke else FULL_OPTIMIZERS)).split(",") if n.strip()]

@@ -10,12 +10,18 @@ is the fast subset, see README). A test is listed when it took about 5 s or more
 average about 10, the whole suite 22 min): end-to-end training, subprocesses and spawned gloo
 ranks, ``torch.compile``, the benchmark scripts. Each entry is a node-id prefix (a whole module
 with ``::``, a test with every parameter, or one parameter set).
+
+Every optimizer list of the suite comes from the registry: ``registered(matrix=True, peer=False,
+...)`` (:mod:`tests.registered`, imported here so that the harness's peers, ``torch-muon`` and
+the others, are registered in every test).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from .registered import registered  # noqa: F401  (registers the peers; see tests/registered.py)
 
 torch.set_num_threads(1)
 

@@ -18,19 +18,12 @@ from steepest.bench.cli import main
 from steepest.bench.config import format_lr
 from steepest.bench.tasks import get_task, task_names
 from steepest.bench.train import KILL_ENV, Incompatible, read_metrics, train
-from steepest.optim.build import OPTIMIZERS, optimizer_names
+from tests.registered import registered
 
-
-def _is_peer(name: str) -> bool:
-    return OPTIMIZERS[name].peer
-
-
-# Every registered optimizer; third-party peers (slow to build on CPU, e.g. compiled kernels) only
-# with STEEPEST_BENCH_TEST_PEERS=1. torch.optim.Muon ships with torch and is kept.
-OPTIMIZER_NAMES = [
-    n for n in optimizer_names()
-    if not _is_peer(n) or n == "torch-muon" or os.environ.get("STEEPEST_BENCH_TEST_PEERS") == "1"
-]  # fmt: skip
+# Every registered optimizer; third-party peers (those of an optional dependency group: slow to
+# build on CPU, e.g. compiled kernels) only with STEEPEST_BENCH_TEST_PEERS=1. torch.optim.Muon
+# ships with torch and is kept.
+OPTIMIZER_NAMES = registered(extras=os.environ.get("STEEPEST_BENCH_TEST_PEERS") == "1")
 
 # The smallest sensible shape of each task (data folders come from fixtures).
 TINY = {

@@ -75,7 +75,7 @@ def fsdp_krylov_run() -> dict:
     fully_shard(holder)
     params = list(holder.weights)
     opt = steepest.Neon(params, lr=1.0, mode="fstar", initial_rank=1, dense_fraction=0.5, momentum=0.0)
-    opt.executor = steepest.distributed.DistributedExecutor(neon="krylov")
+    opt.executor = steepest.distributed.DistributedExecutor(row_shards="in_place")
     updates = []
     for step, ranks in enumerate(RANKS):
         for i, (p, r) in enumerate(zip(params, ranks)):

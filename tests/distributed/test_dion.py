@@ -123,14 +123,14 @@ def worker(rank: int, world: int) -> dict:
             "keys": sorted({k for s in opt.state.values() for k in s}),
         }
         # FSDP2: row shards, the reference's gradients; whole matrices on owners, or the power
-        # iteration on the row shards (small collectives, steepest.distributed.dion_rows)
-        for strategy in ("all_to_all", "row_shards"):
+        # iteration on the row shards (small collectives, Dion.row_shard_direction)
+        for strategy in ("all_to_all", "in_place"):
             model = make_net(dtype)
             for layer in [model.conv, model.inp, *model.up, model.down]:
                 fully_shard(layer)
             fully_shard(model)
             opt = steepest.Dion(matrices(model), lr=0.05)
-            opt.executor = steepest.distributed.DistributedExecutor(dion=strategy)
+            opt.executor = steepest.distributed.DistributedExecutor(row_shards=strategy)
             for t in range(STEPS):
                 opt.zero_grad()
                 for n, p in matrices(model):
@@ -182,7 +182,7 @@ def full_rank_row_shards(rank: int, world: int) -> dict:
     fully_shard(holder)
     params = list(holder.weights)
     opt = steepest.Dion(params, lr=0.05)
-    opt.executor = steepest.distributed.DistributedExecutor(dion="row_shards")
+    opt.executor = steepest.distributed.DistributedExecutor(row_shards="in_place")
     worst = 0.0
     for step in G:
         for p, g in zip(ref, step):
@@ -224,7 +224,7 @@ def test_ddp_matches_single_process(results, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("strategy", ["all_to_all", "row_shards"])
+@pytest.mark.parametrize("strategy", ["all_to_all", "in_place"])
 def test_fsdp_matches_single_process(results, dtype, strategy):
     """All-to-all: as DDP (1e-6). Row shards: ``BᵀP`` is summed over the ranks and the TSQR picks
     its own basis, so rounding differs, and these gradients (a batch of 8: rank ≤ 8 against
@@ -241,7 +241,7 @@ def test_fsdp_matches_single_process(results, dtype, strategy):
         assert r["diff"] <= tol, f"rank {rank}: {r['diff']}"
         assert r["momentum_diff"] <= tol, f"rank {rank}: momentum {r['momentum_diff']}"
         assert r["replicated"], f"rank {rank}'s Q differs from rank 0's"
-        if strategy == "row_shards":
+        if strategy == "in_place":
             assert r["work"] == {} and r["rows"], "the row path must not move whole matrices"
         else:
             assert r["work"] and not r["rows"]

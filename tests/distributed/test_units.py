@@ -94,9 +94,8 @@ def test_world_size_one_uses_the_local_executor():
     assert result == {"setting": "local", "executor": "LocalExecutor", "diff": 0.0}
 
 
-@pytest.mark.parametrize("option", ["neon", "dion"])
-def test_unknown_row_shard_strategy_names_the_option_and_the_choices(option):
+def test_unknown_row_shard_strategy_names_the_option_and_the_choices():
     from steepest.distributed import DistributedExecutor
 
-    with pytest.raises(ValueError, match=rf"unknown {option} strategy 'bogus'; accepted values: 'auto', .*'all_to_all'"):
-        DistributedExecutor(**{option: "bogus"})
+    with pytest.raises(ValueError, match=r"unknown row_shards strategy 'bogus'; accepted values: 'auto', 'in_place', 'all_to_all'"):
+        DistributedExecutor(row_shards="bogus")

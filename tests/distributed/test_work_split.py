@@ -11,7 +11,7 @@ from steepest.distributed.partition import assign, direction_flops
 
 from . import workers
 
-SPLIT = [n for n in workers.MATRIX_NAMES if n != "sign"]
+SPLIT = [n for n in workers.MATRIX_NAMES if not workers.OPTIMIZERS[n][0].elementwise]  # element-wise ones are not split
 
 
 def expected_counts(name: str, world: int) -> list[Counter]:

@@ -10,16 +10,24 @@ import steepest
 import steepest.distributed
 from steepest.optim.base import LocalExecutor
 
-# Options that make every code path run within a few steps on tiny matrices.
-OPTIMIZERS = {
-    "muon": (steepest.Muon, dict(lr=0.02)),
-    "neon-nuclear": (steepest.Neon, dict(lr=0.05, mode="nuclear")),
-    "neon-fstar": (steepest.Neon, dict(lr=0.05, mode="fstar", initial_rank=2, dense_fraction=1.0)),
-    "neon-fstar-dense": (steepest.Neon, dict(lr=0.05, mode="fstar")),
-    "newton-muon": (steepest.NewtonMuon, dict(lr=0.02, refresh_every=2)),
-    "shampoo": (steepest.Shampoo, dict(lr=0.01, update_every=2)),
-    "sign": (steepest.SignDescent, dict(lr=0.01)),
-}
+from ..registered import registered, registration
+
+# Every registered matrix optimizer of ours (its class and fixed options), with options that make
+# every code path run within a few steps on tiny matrices: a rate of at most 0.05, F*'s block path
+# from rank 2 (its default goes dense on these sizes: "neon-fstar-dense" keeps that path).
+LRS = {"muon": 0.02, "newton-muon": 0.02, "shampoo": 0.01, "sign": 0.01}
+TEST_OPTIONS = {"newton-muon": dict(refresh_every=2), "shampoo": dict(update_every=2)}
+FSTAR_BLOCK = dict(initial_rank=2, dense_fraction=1.0)
+
+
+def _test_options(name: str) -> dict:
+    r = registration(name)
+    fstar = FSTAR_BLOCK if r.options.get("mode") == "fstar" else {}
+    return {"lr": LRS.get(name, min(r.default_lr, 0.05)), **r.options, **fstar, **TEST_OPTIONS.get(name, {})}
+
+
+OPTIMIZERS = {name: (registration(name).factory, _test_options(name)) for name in registered(matrix=True, peer=False)}
+OPTIMIZERS["neon-fstar-dense"] = (steepest.Neon, dict(lr=0.05, mode="fstar"))
 STEPS = 4
 
 
@@ -269,14 +277,14 @@ def rank_rows_start(p) -> int:
     return p.device_mesh.get_local_rank() * chunk
 
 
-def fsdp_parity(rank: int, world: int, names: list[str], neon: str = "auto") -> dict:
+def fsdp_parity(rank: int, world: int, names: list[str], row_shards: str = "auto") -> dict:
     """Each optimizer on a fully_shard model against the local run, from the same gradients."""
     out = {}
     for name in names:
         ref, grads = reference_run(name)
         model = shard(make_net())
         opt = build(name, model)
-        opt.executor = steepest.distributed.DistributedExecutor(neon=neon)
+        opt.executor = steepest.distributed.DistributedExecutor(row_shards=row_shards)
         computed = count_directions(opt)
         for t in range(STEPS):
             opt.zero_grad()
@@ -293,7 +301,7 @@ def fsdp_parity(rank: int, world: int, names: list[str], neon: str = "auto") -> 
 
 
 # --- DCP checkpoints -------------------------------------------------------------------------
-CHECKPOINTED = ["muon", "neon-nuclear", "neon-fstar", "newton-muon", "shampoo", "sign", "dion"]
+CHECKPOINTED = registered(matrix=True, peer=False)
 FULL_OPTIONS = {"neon-fstar": dict(initial_rank=1, dense_fraction=1.0), "newton-muon": dict(refresh_every=2), "shampoo": dict(update_every=2)}
 
 
@@ -338,15 +346,15 @@ def dcp_two_processes(rank: int, world: int, directory: str) -> dict:
 
 
 # --- one spawn per world size runs every scenario --------------------------------------------
-MATRIX_NAMES = ["muon", "neon-nuclear", "neon-fstar", "neon-fstar-dense", "newton-muon", "shampoo", "sign"]
-NEON_NAMES = ["neon-nuclear", "neon-fstar"]
+MATRIX_NAMES = list(OPTIMIZERS)
+NEON_NAMES = [n for n in registered(matrix=True, peer=False, one_per_kind=True) if registration(n).factory is steepest.Neon]  # its Krylov path
 
 
 def scenarios(rank: int, world: int, checkpoint_path: str) -> dict:
     out = {
         "ddp": ddp_parity(rank, world, MATRIX_NAMES),
         "fsdp": fsdp_parity(rank, world, MATRIX_NAMES, "all_to_all"),
-        "fsdp_krylov": fsdp_parity(rank, world, NEON_NAMES, "krylov"),
+        "fsdp_krylov": fsdp_parity(rank, world, NEON_NAMES, "in_place"),
         "none_gradient": none_gradient(rank, world),
     }
     if world == 2:

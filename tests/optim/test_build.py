@@ -12,6 +12,7 @@ from steepest.optim.build import parse_routes
 from steepest.optim.newton_muon import conv_patches
 from steepest.optim.split import classify_parameters, register_matrix_module
 
+from ..registered import registered, registration
 from .conftest import TinyConvNet
 
 
@@ -153,10 +154,8 @@ class InOutNet(nn.Module):
         return self.out(self.proj(torch.relu(self.fc(x))))
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["muon", "neon-fstar", "shampoo", "newton-muon", "dion", "neon-nuclear-ef", "neon-fstar-ef"],
-)
+# Element-wise optimizers (sign descent) ignore the transposed view: their update is the same either way.
+@pytest.mark.parametrize("name", [n for n in registered(matrix=True, peer=False) if not registration(n).factory.elementwise])
 def test_transposed_weights_step_as_their_transpose(name):
     """A model of (in, out) layers steps exactly as its nn.Linear twin (weights transposed): the
     optimizers see (out, in) (scale √(256/128) for fc, the right preconditioner on the input side)."""

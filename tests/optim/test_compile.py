@@ -7,15 +7,30 @@ import pytest
 import torch
 from torch import nn
 
-from steepest import Muon, Neon, Shampoo, SignDescent
+from steepest.optim.muon import Muon
+from steepest.optim.registry import OPTIMIZERS
 
-CASES = {
-    "muon": lambda ps, **k: Muon(ps, lr=0.02, msgn_dtype=torch.float32, **k),  # the float32 tolerance below (the default is bf16 on CPUs with native bf16)
-    "neon-nuclear": lambda ps, **k: Neon(ps, lr=0.5, mode="nuclear", **k),
-    "neon-fstar": lambda ps, **k: Neon(ps, lr=0.5, mode="fstar", **k),
-    "shampoo": lambda ps, **k: Shampoo(ps, lr=1e-3, update_every=2, **k),
-    "sign": lambda ps, **k: SignDescent(ps, lr=1e-3, **k),
+from ..registered import registered
+
+# Options of some cases (each runs at its registered default lr otherwise).
+OPTIONS = {
+    "muon": dict(lr=0.02, msgn_dtype=torch.float32),  # the float32 tolerance below (the default is bf16 on CPUs with native bf16)
+    "newton-muon": dict(msgn_dtype=torch.float32),  # likewise
+    "neon-nuclear": dict(lr=0.5),
+    "neon-fstar": dict(lr=0.5),
+    "shampoo": dict(lr=1e-3, update_every=2),
 }
+
+
+def _case(name: str):
+    options = {"lr": OPTIMIZERS[name].default_lr, **OPTIONS.get(name, {})}
+    if isinstance(OPTIMIZERS[name].factory, type) and issubclass(OPTIMIZERS[name].factory, Muon):
+        options["msgn_dtype"] = torch.float32  # every Muon-family class: the float32 tolerance below
+    return lambda ps, **k: OPTIMIZERS[name].build(ps, **options, **k)
+
+
+# One registered name per class and mode (the scale, sigma and error-feedback variants compile the same steps).
+CASES = {name: _case(name) for name in registered(matrix=True, peer=False, one_per_kind=True)}
 
 
 @pytest.mark.parametrize("name", CASES)

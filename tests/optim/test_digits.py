@@ -7,8 +7,10 @@ from torch import nn
 
 import steepest
 
+from ..registered import registered
+
 sklearn = pytest.importorskip("sklearn.datasets")
-OURS = [n for n in steepest.optimizer_names() if not n.startswith(("heavyball", "pytorch-optimizer"))]
+OURS = registered()  # every registered optimizer but those of optional dependency groups (the third-party peers)
 LRS = {"neon-nuclear": 3.0, "neon-fstar": 3.0, "neon-nuclear-ef": 3.0, "neon-fstar-ef": 3.0}  # sigma="keep": the step scales with σ₁ of the momentum, small here
 
 

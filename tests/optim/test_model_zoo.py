@@ -17,6 +17,8 @@ from torch import nn
 import steepest
 from steepest.optim.split import classify_parameters
 
+from ..registered import registered
+
 T = pytest.importorskip("transformers")
 T.logging.set_verbosity_error()
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -115,8 +117,8 @@ def test_split(zoo):
         assert split.matrix[0].name == "transformer.h.0.attn.c_attn.weight" and split.matrix[0].shape == (192, 64)
 
 
-# One name per class and mode (the -drop and scale variants share these code paths).
-CLASSES = [n for n in ("muon", "neon-nuclear", "neon-fstar", "shampoo", "newton-muon", "sign", "dion") if n in steepest.optimizer_names()]
+# One name per class and mode (the scale, sigma and error-feedback variants differ from it in arithmetic only).
+CLASSES = registered(matrix=True, peer=False, one_per_kind=True)
 
 
 def round_robin(model) -> dict[str, str]:

@@ -11,10 +11,11 @@ from torch import nn
 import steepest
 from steepest.optim.build import OPTIMIZERS
 
+from ..registered import registered
 from .conftest import TinyConvNet, TinyLM, conv_batch, lm_batch
 
 OPTIONS = {"newton-muon": {"refresh_every": 3}, "shampoo": {"update_every": 3}}
-OURS = [n for n in steepest.optimizer_names() if not n.startswith(("heavyball", "pytorch-optimizer"))]
+OURS = registered()  # every registered optimizer but those of optional dependency groups (the third-party peers)
 
 
 def train(model, opt, batch_fn, steps, start=0, loss_fn=nn.functional.cross_entropy):

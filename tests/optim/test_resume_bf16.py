@@ -14,8 +14,10 @@ from torch import nn
 import steepest
 from steepest.optim.build import OPTIMIZERS
 
+from ..registered import registered
+
 OPTIONS = {"newton-muon": {"refresh_every": 2}, "shampoo": {"update_every": 2}}
-OURS = [n for n in steepest.optimizer_names() if not n.startswith(("heavyball", "pytorch-optimizer"))]
+OURS = registered()  # every registered optimizer but those of optional dependency groups (the third-party peers)
 VOCAB = 96
 
 

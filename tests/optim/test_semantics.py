@@ -9,17 +9,15 @@ import torch
 from torch import nn
 
 import steepest
-from steepest import Muon, Neon, NewtonMuon, Shampoo, SignDescent
+from steepest import Muon, Neon
+from steepest.optim.registry import OPTIMIZERS
+
+from ..registered import registered
+
 msgn_module = importlib.import_module("steepest.directions.msgn")  # the package exports the function msgn
 
-MATRIX_OPTIMIZERS = {
-    "muon": lambda ps, **k: Muon(ps, **k),
-    "neon-nuclear": lambda ps, **k: Neon(ps, mode="nuclear", **k),
-    "neon-fstar": lambda ps, **k: Neon(ps, mode="fstar", **k),
-    "newton-muon": lambda ps, **k: NewtonMuon(ps, **k),
-    "shampoo": lambda ps, **k: Shampoo(ps, **k),
-    "sign": lambda ps, **k: SignDescent(ps, **k),
-}
+# Every registered matrix optimizer of ours, built from its registration (class and fixed options).
+MATRIX_OPTIMIZERS = {name: OPTIMIZERS[name].build for name in registered(matrix=True, peer=False)}
 
 
 def params(shapes, seed=0):

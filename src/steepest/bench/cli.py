@@ -203,14 +203,11 @@ def _key_values(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-PEERS_HINT = 'pip install -e ".[peers]"'
-
-
 def _install_hint(name: str) -> str:
-    """How to make the registered but unavailable optimizer ``name`` available."""
-    if name == "torch-muon":
-        return "unavailable: it needs torch.optim.Muon (torch >= 2.9): pip install -U torch"
-    return f"not installed: {PEERS_HINT}"
+    """How to make the registered but unavailable optimizer ``name`` available (its registration's hint)."""
+    from steepest.optim.registry import OPTIMIZERS
+
+    return OPTIMIZERS[name].install_hint or "unavailable"
 
 
 def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:

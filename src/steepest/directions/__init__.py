@@ -15,6 +15,7 @@ function                   D                                           norm
 ``sign_direction``         ``sign(G)``                                 ℓ1→ℓ∞
 ``top_singular``           top-k ``(U, S, V)``, warm-startable         (used by Neon)
 ``dion_update``            ``P Qᵀ``, one warm power iteration (Dion)   rank-r spectral
+``row_normalized``         ``msgn(M)`` rows ÷ EMA RMS (NorMuon)        (NorMuon)
 =========================  ==========================================  =================
 """
 
@@ -22,6 +23,7 @@ from .dion import DionFactors, dion_update
 from .fstar import FSTAR_VARIANTS, fstar_direction, fstar_threshold, mean_of_norms_threshold, soft_threshold_update
 from .lowrank import Triplets, top_singular
 from .msgn import MSGN_METHODS, msgn
+from .normuon import row_normalized
 from .newton_muon import newton_muon_direction, right_precondition
 from .nuclear import SIGMA_MODES, nuclear_direction
 from .shampoo import inverse_root, shampoo_direction
@@ -44,6 +46,7 @@ __all__ = [
     "sign_direction",
     "top_singular",
     "dion_update",
+    "row_normalized",
     "DionFactors",
     "Triplets",
     "MSGN_METHODS",

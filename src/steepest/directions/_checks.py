@@ -1,11 +1,14 @@
-"""Input validation shared by the direction functions: clear errors that name the argument."""
+"""Input validation shared by the direction functions: clear errors that name the argument
+(the tensor checks; option checks are :mod:`steepest.validation`'s)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import Tensor
+
+from ..validation import check_choice, check_int as check_positive_int
+
+__all__ = ["check_matrix", "check_square", "check_choice", "check_nonnegative", "check_positive_int", "compute_dtype"]
 
 
 def check_matrix(G: Tensor, name: str = "G", *, check_finite: bool = True, min_ndim: int = 2) -> None:
@@ -47,12 +50,6 @@ def check_square(A: Tensor, name: str, size: int, batch_shape: torch.Size, *, ch
         ) from None
 
 
-def check_choice(value: object, name: str, choices: Iterable[str]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; accepted values: {', '.join(map(repr, choices))}")
-
-
 def check_nonnegative(value: float, name: str) -> None:
     if isinstance(value, Tensor):
         if value.numel() != 1:
@@ -60,11 +57,6 @@ def check_nonnegative(value: float, name: str) -> None:
         value = float(value)
     if not isinstance(value, (int, float)) or value != value or value < 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def check_positive_int(value: object, name: str, *, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .collectives import LOCAL, RowCollectives
 from .lowrank import random_block, transpose_times
 
 __all__ = ["DionFactors", "dion_rank", "initial_basis", "power_step", "factors_from", "nonzero_scale", "next_basis", "error_feedback", "dion_update"]
@@ -56,7 +57,7 @@ def initial_basis(n: int, r: int, *, dtype: torch.dtype = torch.float32, device:
     return (block / block.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
 
 
-def power_step(B: Tensor, Q: Tensor) -> DionFactors:
+def power_step(B: Tensor, Q: Tensor, ops: RowCollectives = LOCAL) -> DionFactors:
     """``P = orth(B Q)`` (Householder QR), ``R = Bᵀ P``, ``Q' = R / ‖R‖_col``, in ``Q``'s dtype.
 
     ``B``: ``(..., m, n)`` (cast to ``Q``'s dtype); ``Q``: ``(..., n, r)`` with ``r ≤ min(m, n)``.
@@ -64,14 +65,20 @@ def power_step(B: Tensor, Q: Tensor) -> DionFactors:
     is set to 0 and its column of ``Q'`` is 0): when ``B`` has rank below ``r`` (a small batch's
     gradient), the extra columns of ``P`` span rounding noise, and normalising them would turn that
     noise into unit directions of the update. A zero ``B`` gives a zero update. (The reference adds an
-    absolute 1e-8 to the norms instead, which depends on the scale of ``B``.)"""
+    absolute 1e-8 to the norms instead, which depends on the scale of ``B``.)
+
+    With ``ops`` of row-split matrices (:mod:`~steepest.directions.collectives`; FSDP2 row shards),
+    ``B`` is this process's rows and so is ``P``: the scale is a maximum over the processes, ``P`` a
+    TSQR, ``R = Σ_r B_rᵀ P_r`` a sum, so each moves ``(W·r + n)·r + 1`` numbers per matrix instead of
+    the whole matrix (Ahn et al. 2025, §3)."""
     X = B.to(Q.dtype)
     # divided by its largest entry first, so that neither the products nor the norms overflow or
     # underflow (float32 from entries of ~1e±19); P and Q' do not depend on the scale
-    scale = nonzero_scale(X.abs().amax(dim=(-2, -1)))
+    amax = X.abs().amax(dim=(-2, -1)) if X.numel() else X.new_zeros(X.shape[:-2])  # a shard may hold no rows
+    scale = nonzero_scale(ops.max(amax))
     X = X / scale[..., None, None]
-    P = torch.linalg.qr(X @ Q, mode="reduced").Q
-    return factors_from(P, transpose_times(X, P), scale, max(X.shape[-2:]))
+    P = ops.orth(X @ Q)
+    return factors_from(P, ops.sum(transpose_times(X, P)), scale, max(ops.total_rows(X), X.shape[-1]))
 
 
 def nonzero_scale(amax: Tensor) -> Tensor:
@@ -99,11 +106,13 @@ def next_basis(previous: Tensor, factors: DionFactors) -> Tensor:
 def error_feedback(B: Tensor, P: Tensor, Q: Tensor, norms: Tensor, mu: float) -> Tensor:
     """``B − (1−μ)·P Rᵀ`` with ``R = Q·diag(norms)``, computed in ``P``'s dtype, returned in ``B``'s."""
     R = Q * norms.unsqueeze(-2)
-    out = torch.baddbmm(B.to(P.dtype).reshape(-1, *B.shape[-2:]), P.reshape(-1, *P.shape[-2:]), R.reshape(-1, *R.shape[-2:]).mT, alpha=-(1 - mu))
+    k = math.prod(B.shape[:-2])  # not -1: a row shard may hold no rows
+    out = torch.baddbmm(B.to(P.dtype).reshape(k, *B.shape[-2:]), P.reshape(k, *P.shape[-2:]), R.reshape(k, *R.shape[-2:]).mT, alpha=-(1 - mu))
     return out.reshape(B.shape).to(B.dtype)
 
 
-def dion_update(B: Tensor, Q: Tensor) -> tuple[Tensor, DionFactors]:
-    """``(P Q'ᵀ, factors)``: the unscaled rank-``r`` update of one step, in ``Q``'s dtype."""
-    factors = power_step(B, Q)
+def dion_update(B: Tensor, Q: Tensor, ops: RowCollectives = LOCAL) -> tuple[Tensor, DionFactors]:
+    """``(P Q'ᵀ, factors)``: the unscaled rank-``r`` update of one step, in ``Q``'s dtype (this
+    process's rows with row-split ``ops``, see :func:`power_step`)."""
+    factors = power_step(B, Q, ops)
     return factors.P @ factors.Q.mT, factors

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, check_positive_int, compute_dtype
-from .lowrank import Triplets, random_block, top_singular
+from .collectives import LOCAL, RowCollectives
+from .lowrank import Triplets, block_triplets, random_block, top_singular
 from .nuclear import SIGMA_MODES
 
 __all__ = [
@@ -121,14 +122,15 @@ def captured_part(triplets: Triplets, rank: Tensor) -> Tensor:
 
 
 def fstar_block(
-    M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep", capture: bool = False
+    M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep", capture: bool = False, ops: RowCollectives = LOCAL
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(D, V, r, C)`` of a ``(k, m, n)`` batch from ``iters`` block power iterations started at
     ``init`` (``(k, n, l)``) and a Rayleigh–Ritz step: the soft-thresholded update of the top ``l``
     triplets, their right vectors ``V`` (``(k, n, l)``), the update's rank ``r`` (``(k,)``) and,
     with ``capture``, :func:`captured_part` (else ``None``). ``τ`` is exact when ``r < l`` and
-    the top ``r + 1`` values have converged. No host read."""
-    triplets = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
+    the top ``r + 1`` values have converged. No host read. With ``ops`` of row-split matrices
+    (:mod:`~steepest.directions.collectives`), ``M``, ``D`` and ``C`` are this process's rows."""
+    triplets = block_triplets(M, init, iters, ops)
     D, rank = soft_threshold_update(triplets, variant, sigma)
     return D, triplets.V, rank, captured_part(triplets, rank) if capture else None
 
@@ -145,8 +147,8 @@ def fstar_adaptive(
     M: Tensor,
     init: Tensor,
     *,
-    iters: int,
-    grow_iters: int,
+    iters: int | None,
+    grow_iters: int | None,
     oversample: int,
     max_width: int,
     variant: str = "seed",
@@ -154,6 +156,7 @@ def fstar_adaptive(
     capture: bool = False,
     block_step: Callable = fstar_block,
     dense_step: Callable = fstar_dense,
+    ops: RowCollectives = LOCAL,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """F* of a ``(k, m, n)`` batch by a warm block iteration whose width follows each matrix's rank.
 
@@ -169,18 +172,23 @@ def fstar_adaptive(
     final block (``(k, n, l)``), ready to warm-start the next step; ``C`` is the
     :func:`captured_part` with ``capture`` (else ``None``).
 
+    With ``ops`` of row-split matrices, ``M``, ``D`` and ``C`` are this process's rows, and the
+    growth flags are OR-ed over the processes so that all decide alike (pass ``max_width ≥
+    min(m, n)``: the dense SVD needs whole matrices).
+
     Host reads: one read of ``k`` flags per width tried (one per call when no rank outgrows
-    ``l``; none when ``l ≥ min(m, n)``). ``block_step``/``dense_step`` may be compiled versions.
+    ``l``; none when ``l ≥ min(m, n)``). ``block_step``/``dense_step`` may be compiled versions
+    (``block_step`` is called with ``ops`` only when they are not :data:`LOCAL`).
     """
-    k, m, n = M.shape
     width = init.shape[-1]
-    full = min(m, n)
+    full = min(ops.total_rows(M), M.shape[-1])
     M = M.to(compute_dtype(M.dtype))
-    D, V, rank, C = block_step(M, init.to(M.dtype), iters, variant, sigma, capture)
+    step = block_step if ops is LOCAL else (lambda *a: block_step(*a, ops=ops))
+    D, V, rank, C = step(M, init.to(M.dtype), iters, variant, sigma, capture)
     V = V.clone()
     w, todo, Vw, rw = width, None, V, rank  # todo: the batch indices still growing (None: all)
     while w < full:
-        grow = (rw + 1 + oversample > w).tolist()  # the host read that decides growth
+        grow = ops.any(rw + 1 + oversample > w).tolist()  # the host read that decides growth
         pick = [i for i, g in enumerate(grow) if g]
         if not pick:
             break
@@ -193,9 +201,8 @@ def fstar_adaptive(
                 C[todo] = Cd.to(C.dtype)
             break
         w = min(2 * w, max_width, full)
-        start = padded_block(Vw[sel], w)
-        Dw, Vw, rw, Cw = block_step(M[todo], start, grow_iters, variant, sigma, capture)
-        D[todo], V[todo], rank[todo] = Dw, Vw[..., :width], rw
+        Dw, Vw, rw, Cw = step(M[todo], padded_block(Vw[sel], w), grow_iters, variant, sigma, capture)
+        D[todo], V[todo], rank[todo] = Dw.to(D.dtype), Vw[..., :width], rw
         if capture:
             C[todo] = Cw
     return D, V, rank, C
@@ -244,16 +251,34 @@ def fstar_direction(
         U, S, Vh = torch.linalg.svd(G.to(compute_dtype(G.dtype)), full_matrices=False)
         D, _ = soft_threshold_update(Triplets(U, S, Vh.mT), variant, sigma)
         return D.to(G.dtype)
-    limit = min(G.shape[-2:])
     k = 8 if rank is None else rank
     check_positive_int(k, "rank")
-    k = min(k + 1, limit)
-    while True:
-        triplets = top_singular(G, k, init=init, iters=iters, tol=tol, check_finite=False)
+    A = G.reshape(-1, *G.shape[-2:])
+    k = min(k + 1, *A.shape[-2:])
+
+    def block_step(M: Tensor, start: Tensor, iters: int | None, variant: str, sigma: str, capture: bool):
+        triplets = top_singular(M, start.shape[-1], init=start, iters=iters, tol=tol, check_finite=False)
         D, r = soft_threshold_update(triplets, variant, sigma)
-        if k == limit or bool((r < k).all()):
-            return D.to(G.dtype)
-        k, init = min(2 * k, limit), triplets.V
+        return D, triplets.V, r, None
+
+    D, _, _, _ = fstar_adaptive(
+        A, _first_block(A, k, init), iters=(4 if init is None else 1) if iters is None else iters, grow_iters=iters,
+        oversample=0, max_width=min(A.shape[-2:]), variant=variant, sigma=sigma, block_step=block_step,
+    )  # fmt: skip
+    return D.reshape(G.shape).to(G.dtype)
+
+
+def _first_block(A: Tensor, k: int, init: Tensor | None) -> Tensor:
+    """The ``(b, n, k)`` start of :func:`fstar_direction`'s iteration: ``init`` (``(..., n, j)``,
+    broadcast over ``A``'s batch) cut to ``k`` columns or padded with fixed random ones."""
+    n, dtype = A.shape[-1], compute_dtype(A.dtype)
+    if init is None:
+        return random_block(A.shape[:-2], n, k, dtype=dtype, device=A.device)
+    if not isinstance(init, Tensor) or init.ndim < 2 or init.shape[-2] != n:
+        shape = tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__
+        raise ValueError(f"init must have shape (..., n={n}, j) to match G, got {shape}")
+    block = init.to(device=A.device, dtype=dtype).reshape(-1, *init.shape[-2:]).expand(A.shape[0], *init.shape[-2:])
+    return block[..., :k] if block.shape[-1] >= k else padded_block(block, k)
 
 
 def _sorted_values(S: Tensor, check: bool = True) -> Tensor:

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from ._checks import check_matrix, check_nonnegative, check_positive_int, compute_dtype
+from .collectives import LOCAL, RowCollectives
 
-__all__ = ["Triplets", "top_singular", "default_oversample", "random_block", "transpose_times"]
+__all__ = ["Triplets", "top_singular", "block_triplets", "default_oversample", "random_block", "transpose_times"]
 
 INIT_SEED = 0x5EED
 
@@ -52,8 +53,7 @@ def random_block(batch_shape: torch.Size, n: int, l: int, *, dtype: torch.dtype,
 
 def transpose_times(A: Tensor, P: Tensor) -> Tensor:
     """``Aᵀ P`` for a tall-skinny ``P`` (batched), computed as ``(Pᵀ A)ᵀ`` so that BLAS reads ``A``
-    in its stored orientation: 1.3–1.6× faster than ``A.mT @ P`` on a 2-core AMD EPYC in float32
-    (``A`` of 768×768 to 768×3072, 16 columns)."""
+    in its stored orientation, which CPU BLAS runs faster (docs/performance.md)."""
     return (P.mT @ A).mT
 
 
@@ -87,9 +87,8 @@ def top_singular(
             its largest entry first, see :func:`_prescaled`). ``None``: exactly ``iters``
             iterations and no host sync, on ``G`` as it is: products with orthonormal blocks and
             LAPACK's QR and SVD are scale-safe, so results scale with ``G`` from 1e-30 to 1e30 in
-            float32 without the extra pass over ``G`` (tested; that pass took about half as long
-            as a whole warm nuclear step on 8 matrices of 768×3072, one thread of a busy 2-core
-            AVX2 CPU).
+            float32 without the extra pass over ``G`` (tested), which costs about half a warm
+            nuclear step.
         check_finite: raise on NaN/Inf in ``G`` (one host sync).
 
     Returns:
@@ -115,9 +114,8 @@ def top_singular(
     Q = _start_block(A, l, init)
     done = 0
     while True:
-        Q = _power_iterations(A, Q, iters)
+        U, S, V = block_triplets(A, Q, iters)
         done += iters
-        U, S, V = _rayleigh_ritz(A, Q)
         if tol is None or done >= max_iters or iters == 0:
             break
         # Rayleigh–Ritz makes Gᵀuᵢ = σᵢvᵢ exact; the residual left is Gvᵢ − σᵢuᵢ
@@ -159,19 +157,24 @@ def _start_block(A: Tensor, l: int, init: Tensor | None) -> Tensor:
     return Q
 
 
-def _power_iterations(A: Tensor, Q: Tensor, iters: int) -> Tensor:
+def block_triplets(A: Tensor, Q: Tensor, iters: int, ops: RowCollectives = LOCAL) -> Triplets:
+    """The top ``l = Q.shape[-1]`` triplets of ``A`` (``(k, m, n)``) after ``iters`` block power
+    iterations from ``Q`` (``(k, n, l)``) and a Rayleigh–Ritz step, no checks and no host read.
+
+    With ``A`` split by rows (``ops`` of :mod:`~steepest.directions.collectives`) ``A`` is this
+    process's rows and so is the returned ``U``; ``S`` and ``V`` are the same on every process."""
     for _ in range(iters):
-        Q = _orth(transpose_times(A, _orth(A @ Q)))
-    return Q
+        Q = _orth(ops.sum(transpose_times(A, ops.orth(A @ Q))))
+    return _rayleigh_ritz(A, Q, ops)
 
 
-def _rayleigh_ritz(A: Tensor, Q: Tensor) -> Triplets:
+def _rayleigh_ritz(A: Tensor, Q: Tensor, ops: RowCollectives = LOCAL) -> Triplets:
     """Best rank-l triplets of ``A`` within the range of ``A Q``.
 
     With ``P = orth(AQ)`` and ``AᵀP = Q₂R`` (QR), ``PᵀA = Rᵀ Q₂ᵀ``, so the SVD ``Rᵀ = Ũ Σ W̃ᵀ`` of an
     ``l × l`` matrix gives ``U = PŨ`` and ``V = Q₂W̃``. (LAPACK's SVD of the wide ``l × n`` matrix
     ``PᵀA`` itself is erratically slow on CPUs for small ``l``.)"""
-    P = _orth(A @ Q)
-    Q2, R = torch.linalg.qr(transpose_times(A, P), mode="reduced")
+    P = ops.orth(A @ Q)
+    Q2, R = torch.linalg.qr(ops.sum(transpose_times(A, P)), mode="reduced")
     Ub, S, Wh = torch.linalg.svd(R.mT)
     return Triplets(P @ Ub, S, Q2 @ Wh.mT)

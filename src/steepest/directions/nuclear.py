@@ -12,9 +12,10 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, compute_dtype
-from .lowrank import top_singular
+from .collectives import LOCAL, RowCollectives
+from .lowrank import block_triplets, top_singular
 
-__all__ = ["nuclear_direction", "SIGMA_MODES", "NUCLEAR_METHODS"]
+__all__ = ["nuclear_direction", "nuclear_block", "rank_one", "SIGMA_MODES", "NUCLEAR_METHODS"]
 
 SIGMA_MODES = ("keep", "drop")
 NUCLEAR_METHODS = ("svd", "power")
@@ -62,3 +63,18 @@ def rank_one(u: Tensor, s: Tensor, v: Tensor, sigma: str, out: Tensor | None = N
     # An outer product as a broadcast multiply: a matmul with inner size 1 is several times
     # slower on CPU BLAS, and no faster on GPUs (both are bound by writing the m×n result).
     return torch.mul(u[..., :1] * weight[..., None, :1], v[..., :1].mT, out=out)
+
+
+def nuclear_block(
+    M: Tensor, init: Tensor, iters: int, sigma: str = "keep", capture: bool = False, out: Tensor | None = None, ops: RowCollectives = LOCAL
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """``(D, V, C)``: Neon's rank-1 update of a ``(k, m, n)`` batch from ``iters`` warm block power
+    iterations on the ``(k, n, l)`` block ``init`` and a Rayleigh–Ritz step
+    (:func:`~steepest.directions.lowrank.block_triplets`, in float32, float64 for float64 ``M``).
+    ``D`` (:func:`rank_one`) is written into ``out`` if given; ``V`` is the iterated block's right
+    singular vectors (the next step's start); with ``capture``, ``C`` holds the factors
+    ``(σ₁u₁, v₁)`` (``(k, m, 1)``, ``(k, n, 1)``) of the captured part ``σ₁u₁v₁ᵀ`` (else ``None``).
+    With row-split ``ops``, ``M``, ``D`` and ``σ₁u₁`` are this process's rows. No host read."""
+    U, S, V = block_triplets(M.to(compute_dtype(M.dtype)), init, iters, ops)
+    factors = (U[..., :1] * S[..., None, :1], V[..., :1]) if capture else None
+    return rank_one(U, S, V, sigma, out=out), V, factors

@@ -3,7 +3,7 @@
 The optimizers detect the setting on their first step (:func:`setting`): with a process group of
 several ranks they use a :class:`DistributedExecutor`, which splits each same-shape batch of
 matrices across the ranks and shares the results (:mod:`.ddp` for replicated parameters,
-:mod:`.fsdp` and :mod:`.krylov` for ``fully_shard``'s DTensors). :func:`save` and :func:`load`
+:mod:`.fsdp` and :mod:`.rowshards` for ``fully_shard``'s DTensors). :func:`save` and :func:`load`
 (:mod:`.checkpoint`) write and read optimizer state with ``torch.distributed.checkpoint``,
 across world sizes. Names are imported on first use, so that a single-process run does not pay
 for importing DCP.

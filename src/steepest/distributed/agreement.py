@@ -2,7 +2,7 @@
 
 A rank built with other options (another lr, another ``ns_steps``, another model) would issue
 different collectives from the others and hang until the process group's timeout. On the first
-step each rank hashes its optimizer's description and one ``all_gather_into_tensor`` compares the
+step each rank hashes its optimizer's description and one all-gather compares the
 hashes; on a mismatch every rank raises :class:`OptionsMismatchError` naming the first difference.
 """
 
@@ -13,6 +13,8 @@ import hashlib
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from .compat import all_gather_single
 
 __all__ = ["OptionsMismatchError", "describe", "check_same_options"]
 
@@ -55,7 +57,7 @@ def check_same_options(optimizer, group, device: torch.device) -> None:
     world = dist.get_world_size(group)
     digest = torch.tensor([_digest(mine)], dtype=torch.int64, device=device)
     digests = torch.empty(world, dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(digests, digest, group=group)
+    all_gather_single(digests, digest, group=group)
     digests = digests.tolist()
     if len(set(digests)) == 1:
         return

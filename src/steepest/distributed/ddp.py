@@ -2,7 +2,7 @@
 
 Under DDP every rank holds every matrix and the same (all-reduced) gradient. For a batch of ``k``
 same-shape matrices (:mod:`.partition`), rank ``r`` computes the directions of its slice only,
-and one asynchronous ``all_gather_into_tensor`` of ``slots`` directions per rank gives every rank
+and one asynchronous all-gather of ``slots`` directions per rank gives every rank
 the whole batch (when no rank before the last is short, the gathered buffer *is* the batch, with
 no copy); a second one, of bytes (:mod:`.packing`), carries the direction state that
 ``direction`` wrote (Neon's basis and rank, Shampoo's roots) when there is any. So every rank
@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..optim.base import Bucket
+from ..execution import Bucket
+from .compat import all_gather_single
 from .packing import Layout
 from .partition import Assignment
 
@@ -38,6 +39,7 @@ def share_of(bucket: Bucket, indices: range, momenta: list[Tensor] | None = None
         pick(bucket.states),
         pick(bucket.names),
         batch=bucket,
+        skip=bucket.skip,
     )
 
 
@@ -70,7 +72,7 @@ class ReplicatedBatch:
             if len(owned):
                 send[: len(owned)] = D
         self.gathered = momentum.new_empty(plan.world * plan.slots, *bucket.shape)
-        self.handle = dist.all_gather_into_tensor(self.gathered, send, group=self.pg, async_op=True)
+        self.handle = all_gather_single(self.gathered, send, group=self.pg, async_op=True)
         start_state(self, state, values, momentum.device)
 
     def finish(self) -> Tensor:
@@ -89,7 +91,7 @@ def start_state(batch, state: dict, values: dict[str, Tensor], device: torch.dev
     batch.layout = Layout.of(state, batch.plan.slots)
     block = batch.layout.pack(values, device)
     batch.state_gathered = torch.empty(batch.plan.world * block.numel(), dtype=torch.uint8, device=block.device)
-    batch.state_handle = dist.all_gather_into_tensor(batch.state_gathered, block, group=batch.pg, async_op=True)
+    batch.state_handle = all_gather_single(batch.state_gathered, block, group=batch.pg, async_op=True)
 
 
 def finish_state(batch) -> None:

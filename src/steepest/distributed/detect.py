@@ -6,7 +6,7 @@ import sys
 
 import torch.distributed as dist
 
-from ..optim.base import LocalExecutor
+from ..execution import LocalExecutor
 
 __all__ = ["setting", "executor_for"]
 
@@ -29,7 +29,7 @@ def setting(optimizer) -> str:
 
 def executor_for(optimizer):
     """The executor for ``optimizer`` in the current setting (:func:`setting`): a
-    :class:`~steepest.optim.base.LocalExecutor` alone, a
+    :class:`~steepest.execution.LocalExecutor` alone, a
     :class:`~steepest.distributed.DistributedExecutor` over the default group otherwise."""
     if setting(optimizer) == "local":
         return LocalExecutor()

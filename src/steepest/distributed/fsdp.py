@@ -8,7 +8,7 @@ gradient and momentum. For a batch of same-shape matrices split by :mod:`.partit
    who concatenates them into whole matrices (dion's FSDP2 path);
 2. the owner computes the directions of its share;
 3. a second ``all_to_all_single`` returns each rank its rows of every direction, and an
-   ``all_gather_into_tensor`` copies the direction state (Neon's basis, Shampoo's roots) to every
+   all-gather copies the direction state (Neon's basis, Shampoo's roots) to every
    rank, as under DDP.
 
 The momenta of every batch travel first (all asynchronous), so the transfers overlap the
@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..optim.base import Bucket, MatrixOptimizer
+from ..execution import Bucket
+from .compat import all_gather_single
 from .ddp import finish_state, share_of, start_state
 from .partition import Assignment
 
@@ -56,12 +57,8 @@ def gather_rows(local: Tensor, m: int, process_group, world: int) -> Tensor:
     padded = local.new_zeros(k, chunk, n)
     padded[:, :rows] = local
     out = local.new_empty(world * k * chunk * n)
-    dist.all_gather_into_tensor(out, padded.reshape(-1), group=process_group)
+    all_gather_single(out, padded.reshape(-1), group=process_group)
     return out.view(world, k, chunk, n).transpose(0, 1).reshape(k, world * chunk, n)[:, :m]
-
-
-def _overrides(optimizer: MatrixOptimizer, name: str) -> bool:
-    return getattr(type(optimizer), name) is not getattr(MatrixOptimizer, name)
 
 
 class ShardedBatch:
@@ -77,10 +74,10 @@ class ShardedBatch:
 
     def start(self) -> None:
         bucket, plan, n = self.bucket, self.plan, self.bucket.shape[1]
-        if _overrides(self.optimizer, "prepare_directions"):
+        if self.optimizer.prepares_with_gradients:
             grads = torch.stack([g.reshape(self.mine, n) for g in bucket.grads])
             whole = gather_rows(grads, bucket.shape[0], self.pg, plan.world)
-            view = Bucket(bucket.shape, bucket.params, list(whole.unbind(0)), bucket.momenta, bucket.states, bucket.names)
+            view = Bucket(bucket.shape, bucket.params, list(whole.unbind(0)), bucket.momenta, bucket.states, bucket.names, skip=bucket.skip)
             self.optimizer.prepare_directions(self.group, view)
         send = self.local.new_zeros(plan.world * plan.slots, self.mine, n)
         send[plan.slot_index()] = self.local

@@ -2,7 +2,7 @@
 
 A rank's block holds, entry after entry, ``slots`` items of each entry (a direction ``(m, n)``,
 a Neon basis ``(n, l)``, an int64 rank ``()``), each entry's part padded to 16 bytes so that any
-dtype can be viewed in place. ``all_gather_into_tensor`` of the blocks gives a ``(world, block)``
+dtype can be viewed in place. all-gather of the blocks gives a ``(world, block)``
 buffer from which :meth:`Layout.unpack` views every entry as ``(world, slots, *shape)``.
 """
 

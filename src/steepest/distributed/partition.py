@@ -2,7 +2,7 @@
 
 A batch of ``k`` same-shape matrices is padded to ``s·W`` slots (``s = ⌈k/W⌉``, ``W`` ranks), and
 rank ``r`` owns the slots ``r·s … r·s + s − 1`` (dion's "megabatches", modded-nanogpt's banks): so
-every rank sends the same number of bytes and one ``all_gather_into_tensor`` (or ``all_to_all``)
+every rank sends the same number of bytes and one all-gather (or ``all_to_all``)
 moves the batch. Rank ``r`` computes ``counts[r] ∈ {s − 1, s}`` real matrices (fewer only when
 ``k < W``), a contiguous slice ``starts[r] … starts[r] + counts[r] − 1`` of the batch; the padding
 slots are never computed.

@@ -6,6 +6,7 @@ from .combined import CombinedOptimizer
 from .dion import Dion
 from .muon import Muon
 from .neon import Neon
+from .normuon import NorMuon
 from .newton_muon import NewtonMuon
 from .shampoo import Shampoo
 from .sign import SignDescent
@@ -14,6 +15,7 @@ __all__ = [
     "Dion",
     "Muon",
     "Neon",
+    "NorMuon",
     "NewtonMuon",
     "Shampoo",
     "SignDescent",

@@ -7,27 +7,32 @@ Each step, per param group:
 3. folded into an EMA momentum ``B ← μB + (1−μ)G`` (Nesterov: ``M = (1−μ)G + μB``, else ``M = B``),
 4. grouped by (matrix shape, dtype, device) so that each group's directions are one batched call
    ``D = direction(M)`` on a ``(k, m, n)`` stack (conv weights are viewed as ``(out, in·kh·kw)``),
-5. applied with decoupled weight decay: ``W ← (1 − lr·wd)·W − lr·s(m, n)·D``.
+5. applied with decoupled weight decay: ``W ← (1 − lr·wd)·W − lr·s(m, n)·D`` (with
+   ``cautious_weight_decay=True`` only where ``sign(D) = sign(W)``).
 
 No step reads a device value back to the host except ``nonfinite="raise"`` (one read per step)
 and what the subclasses document.
 
-Where step 4's directions are computed is the optimizer's :attr:`~MatrixOptimizer.executor`: this
-process (:class:`LocalExecutor`), or, when a process group with several ranks is initialised,
-split across the ranks (:mod:`steepest.distributed`, chosen on the first step). DTensor (FSDP2)
+Where step 4's directions are computed is the optimizer's :attr:`~MatrixOptimizer.executor`
+(:mod:`steepest.execution`): this process (:class:`~steepest.execution.LocalExecutor`), or, when a
+process group with several ranks is initialised, split across the ranks (:mod:`steepest.distributed`,
+chosen on the first step). The optimizer talks to it only through the hooks below; the
+executor knows no optimizer. DTensor (FSDP2)
 parameters are updated through their local shards.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from ..directions.collectives import RowCollectives
+from ..execution import Bucket, Executor, LocalExecutor, executor_for, local_tensor
+from ..validation import check_bool, check_choice, check_number
 
 __all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "local_tensor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter", "restore_state_dtypes"]
 
@@ -38,114 +43,17 @@ class NonFiniteGradientError(ValueError):
     """A gradient held NaN or Inf (raised by ``nonfinite="raise"``)."""
 
 
-@dataclass
-class Bucket:
-    """Same-shape matrices of one param group, updated by one batched call."""
-
-    shape: tuple[int, int]
-    params: list[Tensor]
-    grads: list[Tensor]
-    momenta: list[Tensor]
-    states: list[dict]
-    names: list[str]
-    batch: "Bucket | None" = None  # the whole same-shape batch, when this bucket is one rank's share of it
-    transposed: bool = False  # the parameters are stored (in, out) (HF Conv1D): ``shape`` is their transpose's
-
-    def matrix(self, t: Tensor) -> Tensor:
-        """``t`` (a parameter-shaped tensor: momentum, gradient) as its ``(out, in)`` matrix:
-        reshaped, or for a transposed batch (the whole batch's flag: a rank's share inherits it)
-        reshaped and transposed. A view where ``t`` is contiguous: in-place writes reach ``t``."""
-        if self.whole.transposed:
-            return t.reshape(self.shape[1], self.shape[0]).mT
-        return t.reshape(self.shape)
-
-    @property
-    def whole(self) -> "Bucket":
-        """The whole batch: per-batch decisions (Neon's block width) are taken on it."""
-        return self if self.batch is None else self.batch
-
-    def stack(self, tensors: list[Tensor] | None = None, dtype: torch.dtype | None = None, scratch: Callable | None = None) -> Tensor:
-        """The momenta (or ``tensors``) as one ``(k, m, n)`` stack of :meth:`matrix` views, in
-        ``dtype`` if given (the cast and the stacking in one copy), written into
-        ``scratch(shape, dtype)`` if given (e.g. a :meth:`MatrixOptimizer.scratch` buffer). A single
-        matrix already in ``dtype`` comes back as a view, without a copy: do not modify the stack in
-        place."""
-        tensors = self.momenta if tensors is None else tensors
-        dtype = tensors[0].dtype if dtype is None else dtype
-        if len(tensors) == 1:
-            return self.matrix(tensors[0]).to(dtype).unsqueeze(0)
-        shape = (len(tensors), *self.shape)
-        out = scratch(shape, dtype) if scratch is not None else torch.empty(shape, dtype=dtype, device=tensors[0].device)
-        for slot, t in zip(out.unbind(0), tensors):
-            slot.copy_(self.matrix(t))
-        return out
-
-    def stack_state(self, key: str) -> Tensor:
-        return torch.stack([s[key] for s in self.states])
-
-    def store_state(self, key: str, values: Tensor) -> None:
-        """Write a ``(k, ...)`` stack back into the matrices' states, one slice each."""
-        for s, v in zip(self.states, values.unbind(0)):
-            s[key] = v
-
-
-def local_tensor(t: Tensor) -> Tensor:
-    """A DTensor's local shard (a view: in-place updates write the DTensor), else ``t`` itself."""
-    dtensor = sys.modules.get("torch.distributed.tensor")  # no DTensor exists until it is imported
-    if dtensor is not None and isinstance(t, dtensor.DTensor):
-        return t.to_local()
-    return t
-
-
-class LocalExecutor:
-    """Computes every bucket's direction in this process (the single-process path).
-
-    The distributed executors (:mod:`steepest.distributed`) implement the same four methods with
-    collectives, so that the ranks agree on which matrices step and split the direction work.
-    """
-
-    def participating(self, optimizer: "MatrixOptimizer", group: dict) -> list[bool]:
-        """Which parameters of ``group`` take part in this step: here, those with a gradient."""
-        return [p.grad is not None for p in group["params"]]
-
-    def any_across_ranks(self, flags: Tensor) -> Tensor:
-        """Element-wise OR of a flag vector over the ranks (here: the flags)."""
-        return flags
-
-    def sum_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
-        """Each tensor summed over the ranks (here: the tensors)."""
-        return tensors
-
-    def directions(self, optimizer: "MatrixOptimizer", group: dict, buckets: list[Bucket]) -> list[Tensor]:
-        out = []
-        for bucket in buckets:
-            optimizer.prepare_directions(group, bucket)
-            out.append(optimizer.direction(group, bucket))
-            optimizer.directions_done(group, bucket)
-        return out
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def check_hyperparameter(name: str, value: object, *, low: float = 0.0, high: float | None = None, high_open: bool = False) -> None:
-    """``low ≤ value (≤ or <) high``; a scalar tensor is accepted for ``lr`` only."""
-    if name == "lr" and isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"lr must be a number or a 1-element tensor, got a tensor of shape {tuple(value.shape)}")
-        value = float(value.detach().cpu())
-    if not _is_number(value) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < low or (high is not None and (value >= high if high_open else value > high)):
-        bound = f"[{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+    """``low ≤ value (≤ or <) high``; a 1-element tensor is accepted for ``lr`` only
+    (:func:`steepest.validation.check_number`)."""
+    check_number(name, value, low=low, high=high, high_open=high_open)
 
 
-def restore_state_dtypes(optimizer: Optimizer, state_dict: dict) -> None:
+def restore_state_dtypes(optimizer: Optimizer, state_dict: dict, follow_param: tuple[str, ...] = ()) -> None:
     """After ``optimizer.load_state_dict(state_dict)``: give every loaded state tensor whose dtype
     torch changed its saved dtype back, copied from the saved tensor itself (no round trip through
-    the parameter's dtype), on the parameter's device."""
+    the parameter's dtype), on the parameter's device; the keys in ``follow_param`` keep the
+    parameter's dtype that torch gave them (a float32 checkpoint resumed on a bf16 model)."""
     saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for saved_id, p in zip(saved_ids, params):
@@ -154,6 +62,8 @@ def restore_state_dtypes(optimizer: Optimizer, state_dict: dict) -> None:
             continue
         state = optimizer.state[p]
         for key, value in saved.items():
+            if key in follow_param:
+                continue
             if isinstance(value, Tensor) and key in state and state[key].dtype != value.dtype:
                 state[key] = value.to(device=state[key].device, copy=True)
 
@@ -163,19 +73,30 @@ class MatrixOptimizer(Optimizer):
 
     min_ndim = 2
     elementwise = False  # True: direction() acts entry by entry (computed locally, even distributed)
+    prepares_with_gradients = False  # True: prepare_directions reads bucket.grads (row shards gather them whole first)
+
+    # state that lives in the parameter's dtype (a load casts it, as torch does); all other state
+    # tensors keep the dtype they were saved with (float32 statistics of a bf16 model, int ranks)
+    param_dtype_state: tuple[str, ...] = ("momentum_buffer",)
 
     def __init__(self, params, defaults: dict) -> None:
+        self.validate_group(dict(defaults))  # bad hyperparameters first, as torch's optimizers check them
         super().__init__(params, defaults)
 
     # --- checkpoints -------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict) -> None:
-        """As :meth:`torch.optim.Optimizer.load_state_dict`, but every state tensor keeps the dtype
-        it was saved with. torch casts floating-point state to its parameter's dtype, which would
+        """As :meth:`torch.optim.Optimizer.load_state_dict`, but every state tensor except
+        :attr:`param_dtype_state` (the momentum, which follows the parameter's dtype, so a float32
+        checkpoint resumes on a bf16 model) keeps the dtype it was saved with, and a plain-number
+        ``step`` becomes a tensor. torch casts floating-point state to its parameter's dtype, which would
         turn a bf16 model's float32 statistics (Shampoo's ``L``, Neon's basis, Newton-Muon's
         moments) into bf16 and its integer ranks into bf16; here they are copied again from the
         saved tensors, so a bf16 resume is as exact as a float32 one."""
         super().load_state_dict(state_dict)
-        restore_state_dtypes(self, state_dict)
+        restore_state_dtypes(self, state_dict, self.param_dtype_state)
+        for state in self.state.values():  # a plain-number step (older checkpoints, other tools)
+            if "step" in state and not isinstance(state["step"], Tensor):
+                state["step"] = torch.tensor(float(state["step"]))
 
     # --- construction and validation -------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -197,10 +118,10 @@ class MatrixOptimizer(Optimizer):
         check_hyperparameter("lr", group["lr"])
         check_hyperparameter("momentum", group["momentum"], high=1.0, high_open=True)
         check_hyperparameter("weight_decay", group["weight_decay"])
-        if not isinstance(group.get("compile", False), bool):
-            raise ValueError(f"compile must be True or False, got {group['compile']!r}")
-        if group["nonfinite"] not in NONFINITE_MODES:
-            raise ValueError(f"unknown nonfinite {group['nonfinite']!r}; accepted values: {', '.join(map(repr, NONFINITE_MODES))}")
+        check_bool(group.get("compile", False), "compile")
+        check_choice(group["nonfinite"], "nonfinite", NONFINITE_MODES)
+        group.setdefault("cautious_weight_decay", False)  # groups and checkpoints from before the option
+        check_bool(group["cautious_weight_decay"], "cautious_weight_decay")
 
     @staticmethod
     def _param_name(group: dict, i: int) -> str:
@@ -227,6 +148,17 @@ class MatrixOptimizer(Optimizer):
 
     def directions_done(self, group: dict, bucket: Bucket) -> None:
         """Called once every matrix of the batch has its direction and state (on every rank)."""
+
+    def row_shard_direction(self, group: dict, bucket: Bucket) -> Callable[[Tensor, RowCollectives], Tensor] | None:
+        """How to compute the batch's directions when its matrices are split by rows across ranks
+        (FSDP2's ``Shard(0)``) without gathering them, or ``None`` (the default): the executor then
+        moves whole matrices to the ranks that compute them.
+
+        The function takes this rank's rows of the momenta (``(k, rows, n)``) and the collectives
+        that combine row blocks (:class:`~steepest.directions.collectives.RowCollectives`), writes
+        the direction state of ``bucket`` (the same on every rank) and returns this rank's rows of
+        ``D``. The executor decides per batch whether to use it (``DistributedExecutor(row_shards=...)``)."""
+        return None
 
     def direction_flops(self, group: dict, shape: tuple[int, int]) -> float:
         """A FLOP estimate of one ``(m, n)`` matrix's direction, used only to balance the split of
@@ -294,7 +226,7 @@ class MatrixOptimizer(Optimizer):
         params, grads, states, names = [], [], [], []
         present = self.executor.participating(self, group)
         for i, p in enumerate(group["params"]):
-            if not present[i]:
+            if not present[i] or p.numel() == 0:  # an empty weight has nothing to update
                 continue
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             name = self._param_name(group, i)
@@ -343,7 +275,7 @@ class MatrixOptimizer(Optimizer):
             grads = [g.masked_fill(skip, 0) for g in grads]
         grads = self.transform_gradients(group, params, grads, states)
         momenta = self.update_momentum(group, grads, states, skip)
-        buckets = self._buckets(params, grads, momenta, states, names)
+        buckets = self._buckets(params, grads, momenta, states, names, skip)
         for bucket, D in zip(buckets, self.executor.directions(self, group, buckets)):
             if skip is not None:
                 D = D.masked_fill(skip, 0)
@@ -351,18 +283,16 @@ class MatrixOptimizer(Optimizer):
         torch._foreach_add_([s["step"] for s in states], 1.0)
 
     @property
-    def executor(self) -> "LocalExecutor":
+    def executor(self) -> Executor:
         """Where the bucket directions are computed: here, or split across ranks. Chosen on first
-        use by :func:`steepest.distributed.executor_for`; assign ``LocalExecutor()`` to opt out."""
+        use by :func:`steepest.execution.executor_for`; assign ``LocalExecutor()`` to opt out."""
         executor = getattr(self, "_executor", None)
         if executor is None:
-            from ..distributed.detect import executor_for
-
             executor = self._executor = executor_for(self)
         return executor
 
     @executor.setter
-    def executor(self, value: "LocalExecutor") -> None:
+    def executor(self, value: Executor) -> None:
         self._executor = value
 
     def update_momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
@@ -400,8 +330,7 @@ class MatrixOptimizer(Optimizer):
     def scratch(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised buffer for a result used within this step only. On a CPU it is kept
         between steps (one per ``key``; replaced when the shape or dtype changes): a fresh large
-        allocation is paged in again on every step, and on a 2-core EPYC filling a new 768×3072
-        float32 tensor took 3.3 ms against 0.11 ms for an existing one. Elsewhere a new tensor
+        allocation is paged in again on every step (docs/performance.md). Elsewhere a new tensor
         (CUDA's caching allocator already reuses memory). Never keep it past the step."""
         device = torch.device(device)
         if device.type != "cpu":
@@ -412,7 +341,7 @@ class MatrixOptimizer(Optimizer):
             buf = cache[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
-    def _buckets(self, params, grads, momenta, states, names) -> list[Bucket]:
+    def _buckets(self, params, grads, momenta, states, names, skip: Tensor | None) -> list[Bucket]:
         buckets: dict[tuple, Bucket] = {}
         for p, g, m, s, n in zip(params, grads, momenta, states, names):
             shape = self.matrix_shape(p)  # a DTensor's global shape; its layout keeps it apart
@@ -425,7 +354,7 @@ class MatrixOptimizer(Optimizer):
                 )
             key = (shape, p.dtype, p.device, layout, transposed)
             if key not in buckets:
-                buckets[key] = Bucket(shape, [], [], [], [], [], transposed=transposed)
+                buckets[key] = Bucket(shape, [], [], [], [], [], transposed=transposed, skip=skip)
             b = buckets[key]
             b.params.append(p)
             b.grads.append(g)
@@ -435,20 +364,42 @@ class MatrixOptimizer(Optimizer):
         return list(buckets.values())
 
     def _apply(self, group: dict, bucket: Bucket, D: Tensor, skip: Tensor | None) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
+        """``W ← W − lr·wd·W − lr·s·D`` (cautious: ``W ← W − lr·wd·[sign D = sign W]·W − lr·s·D``,
+        decaying only the entries that the update also moves towards zero; Chen et al. 2025,
+        modded-nanogpt record #43); a skipped step changes nothing."""
+        lr, wd = scalar_lr(group), group["weight_decay"]
         params = [local_tensor(p) for p in bucket.params]
         if bucket.transposed:
             updates = [d.mT.reshape(p.shape) for d, p in zip(D.unbind(0), params)]
         else:
             updates = [d.view(p.shape) for d, p in zip(D.unbind(0), params)]
-        scale = self.lr_scale(group, bucket.shape)
-        if wd != 0:
+        if wd != 0 and group["cautious_weight_decay"]:
+            _cautious_decay(params, updates, lr * wd, skip)
+        elif wd != 0:
             decay = 1 - lr * wd
             if skip is not None:
                 decay = torch.where(skip, 1.0, decay)
             torch._foreach_mul_(params, decay)
+        scale = self.lr_scale(group, bucket.shape)
         if isinstance(lr, Tensor):
             torch._foreach_add_(params, torch._foreach_mul(updates, -lr * scale))
         else:
             torch._foreach_add_(params, updates, alpha=-(lr * scale))
 
+
+def scalar_lr(group: dict) -> float | Tensor:
+    """The group's lr as a float or a 0-d tensor (a view of a ``(1,)`` or ``(1, 1)`` lr tensor, so
+    that a scheduler's in-place writes still reach it)."""
+    lr = group["lr"]
+    return lr.reshape(()) if isinstance(lr, Tensor) and lr.ndim else lr
+
+
+def _cautious_decay(params: list[Tensor], updates: list[Tensor], rate: float | Tensor, skip: Tensor | None) -> None:
+    """``W ← W − rate·[sign(D) = sign(W)]·W`` for each parameter ``W`` and its direction ``D``."""
+    masked = [torch.where(torch.sign(d) == torch.sign(p), p, 0) for p, d in zip(params, updates)]
+    if skip is not None:
+        rate = torch.where(skip, 0.0, rate)
+    if isinstance(rate, Tensor):
+        torch._foreach_add_(params, torch._foreach_mul(masked, -rate))
+    else:
+        torch._foreach_add_(params, masked, alpha=-rate)

@@ -7,9 +7,13 @@ import math
 import torch
 from torch import Tensor
 
+from ..directions.collectives import LOCAL, RowCollectives
 from ..directions.dion import DionFactors, dion_rank, dion_update, error_feedback, initial_basis, next_basis
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
+from ..validation import check_choice, check_number
+from ..execution import shard_row_start
 from .base import Bucket, MatrixOptimizer, local_tensor
+from .registry import Registration, register
 
 __all__ = ["Dion"]
 
@@ -18,6 +22,10 @@ def _precision(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@register(Registration(
+    "dion", "Dion: rank-r orthonormal update P Q^T by one warm power iteration, error feedback in the momentum (r = min(m,n)/4)", 0.02,
+    family="spectral", color="#7b3fa0",
+))  # fmt: skip
 class Dion(MatrixOptimizer):
     r"""Dion (Ahn et al. 2025, arXiv 2504.05295, Algorithm 1): per matrix, with momentum ``M``,
     right basis ``Q`` (``n × r``, ``r = ⌈rank_fraction·min(m, n)⌉``) and gradient ``G``,
@@ -37,7 +45,7 @@ class Dion(MatrixOptimizer):
     power iteration and sends ``P``, ``Q`` and ``R``'s column norms (``(m + n + 1)·r`` numbers)
     with the direction; every rank then applies the error feedback to its copy (or row shard) of
     ``M``, so the momentum itself never travels. On FSDP2 row shards the executor can instead run
-    the power iteration on the shards with small collectives (:mod:`steepest.distributed.dion_rows`).
+    the power iteration on the shards with small collectives (:meth:`row_shard_direction`).
 
     Args:
         params: hidden-layer weights (≥ 2-D; conv weights are viewed as ``(out, in·kh·kw)``);
@@ -66,24 +74,21 @@ class Dion(MatrixOptimizer):
         scale: str = "original",
         nonfinite: str = "raise",
         compile: bool = False,
+        cautious_weight_decay: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, rank_fraction=rank_fraction, weight_decay=weight_decay, scale=scale,
-            nonfinite=nonfinite, compile=compile,
+            nonfinite=nonfinite, compile=compile, cautious_weight_decay=cautious_weight_decay,
         )  # fmt: skip
-        self._skip: Tensor | None = None
         super().__init__(params, defaults)
-
-    # under FSDP2, the executor may run the power iteration on the row shards (steepest.distributed.dion_rows)
-    row_shard_strategy = "dion_rows"
 
     def validate_group(self, group: dict) -> None:
         super().validate_group(group)
-        fraction = group["rank_fraction"]
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise ValueError(f"rank_fraction must be a number in (0, 1] (the rank r as a share of min(m, n)), got {fraction!r}")
-        if group["scale"] not in SPECTRAL_SCALES:
-            raise ValueError(f"unknown scale {group['scale']!r}; accepted values: {', '.join(map(repr, SPECTRAL_SCALES))}")
+        what = " (the rank r as a share of min(m, n))"
+        check_number("rank_fraction", group["rank_fraction"], high=1.0, what=what)
+        if group["rank_fraction"] == 0:
+            raise ValueError(f"rank_fraction must be a number in (0, 1]{what}, got 0")
+        check_choice(group["scale"], "scale", SPECTRAL_SCALES)
 
     # --- the hooks of MatrixOptimizer --------------------------------------------------------
     def rank(self, group: dict, shape: tuple[int, int]) -> int:
@@ -102,8 +107,7 @@ class Dion(MatrixOptimizer):
 
     def update_momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
         """``B = M + G`` in place in the momentum buffers (the base class's EMA does not apply);
-        on a skipped step the gradients are already zero. ``skip`` is kept for :meth:`direction`."""
-        self._skip = skip
+        on a skipped step the gradients are already zero."""
         bufs = [local_tensor(s["momentum_buffer"]) for s in states]
         torch._foreach_add_(bufs, grads)
         return bufs
@@ -115,9 +119,24 @@ class Dion(MatrixOptimizer):
         return {"dion_Q": ((n, r), dtype), "dion_P": ((m, r), dtype), "dion_norms": ((r,), dtype)}
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
-        B = bucket.stack()
+        return self._power_direction(group, bucket, bucket.stack(), LOCAL)
+
+    def row_shard_direction(self, group: dict, bucket: Bucket):
+        """On row shards: the power iteration with the rows' collectives (Ahn et al. 2025, §3)."""
+        return lambda B, ops: self._power_direction(group, bucket, B, ops)
+
+    def _power_direction(self, group: dict, bucket: Bucket, B: Tensor, ops: RowCollectives) -> Tensor:
+        """``P Qᵀ`` of ``B`` (``(k, m, n)``, or this rank's rows with row-split ``ops``); ``Q``,
+        ``P`` (whole columns: this rank's rows in place, zeros elsewhere) and norms into the states."""
         previous = self.previous_basis(group, bucket, _precision(B.dtype), B.device)
-        D, factors = self.math(group, dion_update)(B, previous)
+        if ops is LOCAL:
+            D, factors = self.math(group, dion_update)(B, previous)
+        else:
+            D, factors = dion_update(B, previous, ops)
+            m, rows = bucket.shape[0], factors.P.shape[-2]
+            P = factors.P.new_zeros(factors.P.shape[0], m, factors.P.shape[-1])
+            P[:, ops.offset : ops.offset + rows] = factors.P  # directions_done reads each rank's rows
+            factors = factors._replace(P=P)
         self.store_factors(bucket, previous, factors)
         return D.to(B.dtype)
 
@@ -135,8 +154,8 @@ class Dion(MatrixOptimizer):
     def store_factors(self, bucket: Bucket, previous: Tensor, factors: DionFactors) -> None:
         """Keep the step's ``Q``, ``P`` and norms in the matrices' states (``P`` and the norms are
         consumed by :meth:`directions_done`); a skipped step changes neither ``M`` nor ``Q``."""
-        if self._skip is not None:
-            factors = factors._replace(norms=factors.norms.masked_fill(self._skip, 0))
+        if bucket.skip is not None:
+            factors = factors._replace(norms=factors.norms.masked_fill(bucket.skip, 0))
         bucket.store_state("dion_Q", next_basis(previous, factors))
         bucket.store_state("dion_P", factors.P)
         bucket.store_state("dion_norms", factors.norms)
@@ -152,21 +171,12 @@ class Dion(MatrixOptimizer):
         m, n = bucket.shape
         momenta = bucket.momenta  # this rank's buffers (whole, or FSDP2 row shards): updated in place
         if all(M.numel() == m * n for M in momenta):
-            views = [bucket.matrix(M) for M in momenta]  # (out, in) views, also of (in, out)-stored weights
-            torch._foreach_copy_(views, list(error_feedback(torch.stack(views), P, Q, norms, mu).unbind(0)))
+            new = error_feedback(torch.stack([bucket.matrix(M) for M in momenta]), P, Q, norms, mu).unbind(0)
         else:  # FSDP2 row shards (never transposed: such weights are refused): this rank's rows of P
-            flat = [M.reshape(M.shape[0], n) for M in momenta]
-            starts = [_row_start(p, m) for p in bucket.params]
-            new = [error_feedback(M, P[i, a : a + M.shape[0]], Q[i], norms[i], mu) for i, (a, M) in enumerate(zip(starts, flat))]
-            torch._foreach_copy_(momenta, [x.view(M.shape) for x, M in zip(new, momenta)])
+            starts = [shard_row_start(p, m) for p in bucket.params]
+            rows = [bucket.matrix(M) for M in momenta]
+            new = [error_feedback(B, P[i, a : a + B.shape[0]], Q[i], norms[i], mu) for i, (a, B) in enumerate(zip(starts, rows))]
+        for M, X in zip(momenta, new):
+            bucket.write_matrix(M, X)  # a copy: a reshape of a channels_last buffer is not a view of it
         for s in bucket.states:
             del s["dion_P"], s["dion_norms"]
-
-
-def _row_start(p: Tensor, m: int) -> int:
-    """The first row of this rank's shard of a ``Shard(0)`` DTensor on a 1-D mesh (``torch.chunk``
-    sizes, the only layout the distributed executor accepts)."""
-    if not hasattr(p, "device_mesh"):
-        return 0
-    chunk = math.ceil(m / p.device_mesh.size())
-    return min(p.device_mesh.get_local_rank() * chunk, m)

@@ -7,20 +7,30 @@ from torch import Tensor
 
 from ..directions.msgn import MSGN_METHODS, cast_keeps_range, default_iteration_dtype, msgn, msgn_polynomial
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
+from ..validation import check_choice, check_int
 from .base import Bucket, MatrixOptimizer
+from .registry import Registration, register
 
 __all__ = ["Muon"]
 
 # On a CPU, matrices whose smaller side is at least this are orthogonalised one at a time into kept
 # buffers when the iteration runs in bf16/fp16, smaller ones (and float32 iterations) in one batched
-# call per shape. One thread of a 2-core AMD EPYC, GPT-2 structure (benchmarks/cpu_muon.py shapes),
-# ms per step, one at a time vs batched, bf16: width 128 (72 matrices) 45 vs 34; width 256: 59 vs 65;
-# width 512: 193 vs 240. float32 at width 768 (2 threads): 1396 vs 1386, and 1409 vs 1379 with the
-# kernels capped at AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS): no gain.
+# call per shape: the crossover measured in docs/performance.md ("Figures behind the code's constants").
 CPU_ONE_AT_A_TIME = 256
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
+@register(
+    Registration("muon", "Muon: spectral-norm steepest descent, msgn of Nesterov momentum by Polar Express (batched)", 0.02, family="spectral", color="#d55e00"),
+    Registration(
+        "muon-rms-to-rms", "Muon with scale='rms_to_rms': sqrt(fan_out/fan_in)*msgn, the modular seed's width-independent RMS->RMS step", 0.02,
+        family="spectral", color="#f0a06a", options={"scale": "rms_to_rms"},
+    ),
+    Registration(
+        "muon-match-adamw", "Muon with scale='match_adamw': 0.2*sqrt(max(m,n))*msgn, update RMS ~0.2 like AdamW (Moonlight)", 3e-3,
+        family="adamw-matched", color="#a0522d", options={"scale": "match_adamw"},
+    ),
+)  # fmt: skip
 class Muon(MatrixOptimizer):
     r"""Muon: steepest descent under the spectral (RMS→RMS) norm, on Nesterov momentum.
 
@@ -52,6 +62,10 @@ class Muon(MatrixOptimizer):
         nonfinite: ``"raise"`` (default; one host read per step), ``"skip"`` (no host read: the step
             is masked out on the device) or ``"ignore"``.
         compile: ``torch.compile(fullgraph=True)`` each bucket's direction (default False).
+        cautious_weight_decay: decay only the entries where ``sign(D) = sign(W)``, i.e. where the
+            update also moves the weight towards zero: ``W ← W − η·λ·[sign D = sign W]·W − η·s·D``
+            (default False; modded-nanogpt record #43, microsoft/dion's ``cautious_wd``). Every
+            matrix optimizer of the library takes it.
     """
 
     def __init__(
@@ -67,21 +81,19 @@ class Muon(MatrixOptimizer):
         msgn_dtype: torch.dtype | None = None,
         nonfinite: str = "raise",
         compile: bool = False,
+        cautious_weight_decay: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, msgn_method=msgn_method,
-            ns_steps=ns_steps, scale=scale, msgn_dtype=msgn_dtype, nonfinite=nonfinite, compile=compile,
+            ns_steps=ns_steps, scale=scale, msgn_dtype=msgn_dtype, nonfinite=nonfinite, compile=compile, cautious_weight_decay=cautious_weight_decay,
         )
         super().__init__(params, defaults)
 
     def validate_group(self, group: dict) -> None:
         super().validate_group(group)
-        if group["msgn_method"] not in MSGN_METHODS:
-            raise ValueError(f"unknown msgn_method {group['msgn_method']!r}; accepted values: {', '.join(map(repr, MSGN_METHODS))}")
-        if group["scale"] not in SPECTRAL_SCALES:
-            raise ValueError(f"unknown scale {group['scale']!r}; accepted values: {', '.join(map(repr, SPECTRAL_SCALES))}")
-        if isinstance(group["ns_steps"], bool) or not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
-            raise ValueError(f"ns_steps must be an integer >= 1, got {group['ns_steps']!r}")
+        check_choice(group["msgn_method"], "msgn_method", MSGN_METHODS)
+        check_choice(group["scale"], "scale", SPECTRAL_SCALES)
+        check_int(group["ns_steps"], "ns_steps")
 
     def lr_scale(self, group: dict, shape: tuple[int, int]) -> float:
         return spectral_scale(shape, group["scale"])

@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..directions.collectives import LOCAL, RowCollectives
 from ..directions.fstar import FSTAR_VARIANTS, fstar_adaptive, fstar_block, fstar_dense
-from ..directions.lowrank import random_block, top_singular
-from ..directions.nuclear import SIGMA_MODES, rank_one
+from ..directions.lowrank import random_block
+from ..directions.nuclear import SIGMA_MODES, nuclear_block
+from ..validation import check_bool, check_choice, check_int
+from ..execution import shard_row_start
 from .base import Bucket, MatrixOptimizer, check_hyperparameter, local_tensor
+from .registry import Registration, register
 
 __all__ = ["Neon", "block_columns"]
 
@@ -18,8 +22,8 @@ BLOCK_MULTIPLE = 8
 
 def block_columns(rank: int, oversample: int, m: int, n: int) -> int:
     """Columns of the iterated block: ``rank + oversample`` rounded up to a multiple of 8, at most
-    ``min(m, n)``. BLAS and tensor cores run such widths faster than odd ones: on a 2-core AVX2
-    CPU a ``(3072×768)ᵀ`` product with 9 columns took 14 ms, with 16 columns 1.8 ms."""
+    ``min(m, n)``: BLAS and tensor cores run such widths much faster than odd ones
+    (docs/performance.md, "Neon's block width")."""
     want = rank + oversample
     return min(-(-want // BLOCK_MULTIPLE) * BLOCK_MULTIPLE, m, n)
 
@@ -34,24 +38,29 @@ def _precision(M: Tensor) -> torch.dtype:
     return torch.float64 if M.dtype == torch.float64 else torch.float32
 
 
-def nuclear_step(
-    M: Tensor, init: Tensor, iters: int, variant: str, sigma: str, capture: bool = False, out: Tensor | None = None
-) -> tuple[Tensor, Tensor, None, tuple[Tensor, Tensor] | None]:
-    """``(D, V, None, C)``: the rank-1 update of a ``(k, m, n)`` batch from a warm ``(k, n, l)``
-    block (``l = init.shape[-1]`` columns are iterated), ``D`` written into ``out`` if given; with
-    ``capture``, the factors ``(σ₁u₁, v₁)`` (``(k, m, 1)``, ``(k, n, 1)``) of the captured part
-    ``C = σ₁u₁v₁ᵀ``."""
-    U, S, V = top_singular(M, init.shape[-1], init=init, iters=iters, oversample=0, check_finite=False)
-    factors = (U[..., :1] * S[..., None, :1], V[..., :1]) if capture else None
-    return rank_one(U, S, V, sigma, out=out), V, None, factors
-
-
-def dense_fstar_step(M: Tensor, width: int, variant: str, sigma: str, capture: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``(D, V[:, :width], r, C)`` from a full SVD, for ranks too large for the block iteration."""
-    D, V, rank, C = fstar_dense(M, variant, sigma, capture)
-    return D, V[..., :width], rank, C
-
-
+# Default rates (what build_optimizer uses without lr=): Muon's and Dion's 0.02 and the Neon rates below are
+# the candidates that lose the least of the achievable improvement on the worst of the harness's tasks,
+# at the end and early in the run (docs/results/defaults.md, from the committed sweeps).
+@register(
+    Registration("neon-nuclear", "Neon, nuclear norm: rank-1 update sigma1*u1*v1^T by warm-started power iteration", 1.0, family="nuclear", color="#0072b2", options={"mode": "nuclear"}),
+    Registration("neon-fstar", "Neon, F* norm: low-rank soft-thresholded update U[S-tau]+V^T, adaptive rank", 1.0, family="fstar", color="#009e73", options={"mode": "fstar"}),
+    Registration(
+        "neon-nuclear-drop", "Neon nuclear with sigma dropped: u1*v1^T, as in the Neon authors' code", 0.06,
+        family="neon-drop", color="#6fa8dc", options={"mode": "nuclear", "sigma": "drop"},
+    ),
+    Registration(
+        "neon-fstar-drop", "Neon F* with sigma dropped: U[S-tau]+V^T scaled to spectral norm 1", 0.03,
+        family="neon-drop", color="#7fcdbb", options={"mode": "fstar", "sigma": "drop"},
+    ),
+    Registration(
+        "neon-nuclear-ef", "Neon nuclear with Dion's error feedback: B <- B + (1-mu)G, D = sigma1*u1*v1^T of B, B <- B - (1-mu)*sigma1*u1*v1^T", 0.5,
+        options={"mode": "nuclear", "nesterov": False, "error_feedback": True},
+    ),
+    Registration(
+        "neon-fstar-ef", "Neon F* with Dion's error feedback: the captured part U_r S_r V_r^T leaves the momentum, (1-mu) of it each step", 1.0,
+        options={"mode": "fstar", "nesterov": False, "error_feedback": True},
+    ),
+)  # fmt: skip
 class Neon(MatrixOptimizer):
     r"""Neon on (Nesterov) EMA momentum ``M``: ``W ← (1 − ηλ)W − η·D(M)`` with
 
@@ -143,31 +152,28 @@ class Neon(MatrixOptimizer):
         dense_fraction: float = 0.25,
         nonfinite: str = "raise",
         compile: bool = False,
+        cautious_weight_decay: bool = False,
         error_feedback: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, mode=mode, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, sigma=sigma, variant=variant,
             iters=iters, cold_iters=cold_iters, oversample=oversample, initial_rank=initial_rank,
-            dense_fraction=dense_fraction, nonfinite=nonfinite, compile=compile, error_feedback=error_feedback,
+            dense_fraction=dense_fraction, nonfinite=nonfinite, compile=compile, cautious_weight_decay=cautious_weight_decay, error_feedback=error_feedback,
         )
-        self._pending_rank: dict[tuple, tuple[Tensor, object]] = {}
+        self._pending_rank: dict[tuple, tuple[Tensor, object]] = {}  # see _pending
         super().__init__(params, defaults)
 
     def validate_group(self, group: dict) -> None:
         super().validate_group(group)
         for key, choices in (("mode", NEON_MODES), ("sigma", SIGMA_MODES), ("variant", FSTAR_VARIANTS)):
-            if group[key] not in choices:
-                raise ValueError(f"unknown {key} {group[key]!r}; accepted values: {', '.join(map(repr, choices))}")
+            check_choice(group[key], key, choices)
         if group["iters"] is None:
             group["iters"] = 1 if group["mode"] == "nuclear" else 2
         for key, minimum in (("iters", 0), ("cold_iters", 1), ("oversample", 0), ("initial_rank", 1)):
-            v = group[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{key} must be an integer >= {minimum}, got {v!r}")
+            check_int(group[key], key, minimum=minimum)
         check_hyperparameter("dense_fraction", group["dense_fraction"], high=1.0)
         group.setdefault("error_feedback", False)  # checkpoints from before the option
-        if not isinstance(group["error_feedback"], bool):
-            raise ValueError(f"error_feedback must be True or False, got {group['error_feedback']!r}")
+        check_bool(group["error_feedback"], "error_feedback")
         if group["error_feedback"] and group["nesterov"]:
             raise ValueError("error_feedback=True accumulates Dion's momentum, which has no Nesterov form; pass nesterov=False")
 
@@ -204,23 +210,46 @@ class Neon(MatrixOptimizer):
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         device = bucket.momenta[0].device
         M = bucket.stack(scratch=lambda shape, dtype: self.scratch(("stack", shape), shape, dtype, device))
+        return self._low_rank_direction(group, bucket, M, LOCAL)
+
+    def row_shard_direction(self, group: dict, bucket: Bucket):
+        """On row shards: the same block iteration with the rows' collectives (a dense SVD, for an
+        F* rank past ``dense_fraction``, needs whole matrices: ``None`` then)."""
+        if self.uses_dense_svd(group, bucket, self.block_width(group, bucket)):
+            return None
+        return lambda M, ops: self._low_rank_direction(group, bucket, M, ops)
+
+    def _low_rank_direction(self, group: dict, bucket: Bucket, M: Tensor, ops: RowCollectives) -> Tensor:
+        """``D`` of the ``(k, m, n)`` momenta ``M`` (this rank's rows with row-split ``ops``), the
+        basis, rank and captured part stored in the matrices' states."""
         width = self.block_width(group, bucket)
-        capture = group.get("error_feedback", False)
+        capture = group["error_feedback"]
+        rank = None
         if self.uses_dense_svd(group, bucket, width):
-            D, V, rank, C = self.math(group, dense_fstar_step)(M, width, group["variant"], group["sigma"], capture)
+            D, V, rank, C = self.math(group, fstar_dense)(M, group["variant"], group["sigma"], capture)
+            V = V[..., :width]
+        elif group["mode"] == "nuclear":
+            init, iters = self.start_block(group, bucket, width, M)
+            # D straight into its buffer (CPU: kept between steps), unless compiled or cast after
+            whole = ops is LOCAL and not group["compile"] and _precision(M) == M.dtype
+            out = self.direction_buffer(bucket, M.dtype) if whole else None
+            if ops is LOCAL:
+                D, V, C = self.math(group, nuclear_block)(M, init, iters, group["sigma"], capture, out)
+            else:
+                D, V, C = nuclear_block(M, init, iters, group["sigma"], capture, ops=ops)
         else:
             init, iters = self.start_block(group, bucket, width, M)
-            if group["mode"] == "nuclear":
-                # D straight into its buffer (CPU: kept between steps), unless compiled or cast after
-                out = None if group["compile"] or _precision(M) != M.dtype else self.direction_buffer(bucket, M.dtype)
-                D, V, rank, C = self.math(group, nuclear_step)(M, init, iters, group["variant"], group["sigma"], capture, out)
-            else:
-                D, V, rank, C = fstar_adaptive(
-                    M, init, iters=iters, grow_iters=max(group["iters"], group["cold_iters"]),
-                    oversample=group["oversample"], max_width=self.max_block_width(group, bucket),
-                    variant=group["variant"], sigma=group["sigma"], capture=capture,
-                    block_step=self.math(group, fstar_block), dense_step=self.math(group, fstar_dense),
-                )  # fmt: skip
+            D, V, rank, C = fstar_adaptive(
+                M, init, iters=iters, grow_iters=max(group["iters"], group["cold_iters"]), oversample=group["oversample"],
+                max_width=self.max_block_width(group, bucket) if ops is LOCAL else min(bucket.shape),
+                variant=group["variant"], sigma=group["sigma"], capture=capture,
+                block_step=self.math(group, fstar_block), dense_step=self.math(group, fstar_dense), ops=ops,
+            )  # fmt: skip
+        self._store(bucket, V, rank, C)
+        return D.to(M.dtype)
+
+    @staticmethod
+    def _store(bucket: Bucket, V: Tensor, rank: Tensor | None, C) -> None:
         bucket.store_state("basis", V)
         if rank is not None:
             bucket.store_state("rank", rank)
@@ -229,7 +258,6 @@ class Neon(MatrixOptimizer):
             bucket.store_state("captured_right", C[1])
         elif C is not None:
             bucket.store_state("captured", C)  # removed from the momentum in directions_done
-        return D.to(M.dtype)
 
     def max_block_width(self, group: dict, bucket: Bucket) -> int:
         """The widest block F* iterates, ``⌊dense_fraction·min(m, n)⌋``; wider needs the dense SVD."""
@@ -268,7 +296,6 @@ class Neon(MatrixOptimizer):
     def update_momentum(self, group: dict, grads: list[Tensor], states: list[dict], skip: Tensor | None) -> list[Tensor]:
         """With ``error_feedback``: ``B ← B + (1 − μ)G`` (no decay: what the steps leave out
         accumulates), the buffers themselves are the momenta; otherwise the EMA of the base class."""
-        self._skip = skip
         if not group.get("error_feedback", False):
             return super().update_momentum(group, grads, states, skip)
         bufs = [local_tensor(s["momentum_buffer"]) for s in states]
@@ -279,8 +306,8 @@ class Neon(MatrixOptimizer):
         """``B ← B − (1 − μ)·C`` for every matrix of the batch (on every rank), ``C`` the captured
         part that :meth:`direction` stored; not on a step skipped for non-finite gradients."""
         weight = -(1 - group["momentum"])
-        skip = getattr(self, "_skip", None)
-        for state, name in zip(bucket.states, bucket.names):
+        skip = bucket.skip
+        for state, param in zip(bucket.states, bucket.params):
             buf = local_tensor(state["momentum_buffer"])
             C = state.pop("captured", None)
             if "captured_left" in state:  # σ₁u₁v₁ᵀ as a broadcast product (a K=1 matmul is slow on CPU BLAS)
@@ -288,20 +315,23 @@ class Neon(MatrixOptimizer):
                 shape = (left.shape[0], right.shape[0])
                 out = self.scratch(("captured", shape), shape, torch.result_type(left, right), left.device)
                 C = torch.mul(left, right.mT, out=out)
-            if C is None or buf.numel() != C.numel():
-                raise ValueError(
-                    f"Neon(error_feedback=True) needs whole matrices on every rank, but parameter {name} is "
-                    "row-sharded (FSDP2); train it under DDP or one process, or pass error_feedback=False"
-                )
-            B = bucket.matrix(buf)  # the (out, in) view, also of weights stored (in, out) (HF Conv1D)
-            if skip is None:
-                B.add_(C, alpha=weight)
-            else:
-                B.add_(C * torch.where(skip, 0.0, weight))
+            B = bucket.matrix(buf)  # (out, in), also of weights stored (in, out); a row shard's rows
+            if C.shape[-2] != B.shape[-2]:  # whole C from the matrix's owner: this rank's rows of it
+                start = shard_row_start(param, bucket.shape[0])
+                C = C[start : start + B.shape[-2]]
+            B = B + C * (weight if skip is None else torch.where(skip, 0.0, weight))
+            bucket.write_matrix(buf, B)  # a copy, so that channels_last buffers are written too
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self._pending_rank.clear()  # the ranks remembered before the load are not the loaded ones
+        self._pending.clear()  # the ranks remembered before the load are not the loaded ones
+
+    @property
+    def _pending(self) -> dict[tuple, tuple[Tensor, object]]:
+        """Each batch's largest rank of the previous step, by the batch's members: a memo, not
+        state (``copy.deepcopy`` and pickling drop it, as torch's ``Optimizer.__getstate__`` keeps
+        only defaults, state and groups; the next step reads the saved ranks once instead)."""
+        return self.__dict__.setdefault("_pending_rank", {})
 
     def _key(self, bucket: Bucket) -> tuple:
         return tuple(id(p) for p in bucket.params)
@@ -312,17 +342,17 @@ class Neon(MatrixOptimizer):
         (a parameter whose gradient comes and goes changes the membership of its batch)."""
         key = self._key(bucket)
         members = set(key)
-        for other in [k for k in self._pending_rank if k != key and members.intersection(k)]:
-            del self._pending_rank[other]
+        for other in [k for k in self._pending if k != key and members.intersection(k)]:
+            del self._pending[other]
         top = rank.max()
         if top.device.type == "cuda":
             host = torch.empty((), dtype=top.dtype, pin_memory=True)
             host.copy_(top, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending_rank[key] = (host, event)
+            self._pending[key] = (host, event)
         else:
-            self._pending_rank[key] = (top, None)
+            self._pending[key] = (top, None)
 
     def _previous_rank(self, group: dict, bucket: Bucket) -> int:
         """The batch's largest F* rank of the previous step (``initial_rank`` before any, and at
@@ -330,7 +360,7 @@ class Neon(MatrixOptimizer):
         ranks = [s["rank"] for s in bucket.states if "rank" in s]
         if not ranks:
             return group["initial_rank"]
-        pending = self._pending_rank.get(self._key(bucket))
+        pending = self._pending.get(self._key(bucket))
         if pending is None:  # after load_state_dict or a change of membership: one read of the saved ranks
             top = int(torch.stack(ranks).max())
             return top if len(ranks) == len(bucket.states) else max(top, group["initial_rank"])

@@ -11,11 +11,16 @@ from ..directions.newton_muon import damped_inverse
 from .base import LocalExecutor, check_hyperparameter
 from .input_statistics import InputStatistics, conv_patches
 from .muon import Muon
+from .registry import Registration, register
 from .split import classify_parameters
 
 __all__ = ["NewtonMuon", "conv_patches"]
 
 
+@register(Registration(
+    "newton-muon", "Newton-Muon: msgn(G (ZZ^T)^-1) with input second moments from forward hooks", 0.02,
+    family="spectral", color="#cc79a7", needs_model=True,
+))  # fmt: skip
 class NewtonMuon(Muon):
     r"""``W ← (1 − ηλ)W − η·s(m, n)·msgn(M)``, with ``M`` the momentum of ``G·K⁻¹``.
 

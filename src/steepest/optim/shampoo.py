@@ -6,18 +6,19 @@ import torch
 from torch import Tensor
 
 from ..directions.shampoo import block_inverse_root, block_partition, block_preconditioned, block_statistics
+from ..validation import check_choice, check_int
 from .base import Bucket, MatrixOptimizer, check_hyperparameter
+from .registry import Registration, register
 
 __all__ = ["Shampoo", "MAX_PRECONDITIONER_DIM"]
 
 GRAFTING = ("adam", "none")
-# The cap (Distributed Shampoo's default too): eigh costs ~d³. On an AMD EPYC (2 cores, MKL, torch
-# 2.13, idle) a float32 eigh took 0.06 s at d = 1024, 0.42 s at 2048, 6.8 s at 4608 (float64: 0.10,
-# 0.67, 20 s); a 512×4608 conv's first step (rank-32 gradient, one thread, busy box) 3.5 s at 1024
-# against 104 s uncapped. Blocked statistics cost m·n·b instead of m·n·(m + n).
+# The cap (Distributed Shampoo's default too): eigh costs ~d³, and blocked statistics cost m·n·b
+# instead of m·n·(m + n) (timings in docs/performance.md, "Figures behind the code's constants").
 MAX_PRECONDITIONER_DIM = 1024
 
 
+@register(Registration("shampoo", "Shampoo: L^-1/4 G R^-1/4 with accumulated statistics, grafted to Adam's norm", 1e-3, color="#e69f00"))
 class Shampoo(MatrixOptimizer):
     r"""``W ← (1 − ηλ)W − η·g·L^{-1/4} M R^{-1/4}`` (:mod:`steepest.directions.shampoo`).
 
@@ -75,11 +76,12 @@ class Shampoo(MatrixOptimizer):
         graft_eps: float = 1e-8,
         nonfinite: str = "raise",
         compile: bool = False,
+        cautious_weight_decay: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, beta2=beta2, eps=eps,
             update_every=update_every, max_preconditioner_dim=max_preconditioner_dim, grafting=grafting,
-            graft_beta2=graft_beta2, graft_eps=graft_eps, nonfinite=nonfinite, compile=compile,
+            graft_beta2=graft_beta2, graft_eps=graft_eps, nonfinite=nonfinite, compile=compile, cautious_weight_decay=cautious_weight_decay,
         )
         super().__init__(params, defaults)
 
@@ -89,14 +91,9 @@ class Shampoo(MatrixOptimizer):
         check_hyperparameter("graft_beta2", group["graft_beta2"], high=1.0, high_open=True)
         check_hyperparameter("eps", group["eps"])
         check_hyperparameter("graft_eps", group["graft_eps"])
-        if group["grafting"] not in GRAFTING:
-            raise ValueError(f"unknown grafting {group['grafting']!r}; accepted values: {', '.join(map(repr, GRAFTING))}")
-        v = group["update_every"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"update_every must be an integer >= 1, got {v!r}")
-        d = group["max_preconditioner_dim"]
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise ValueError(f"max_preconditioner_dim must be an integer >= 1 or None (no blocking), got {d!r}")
+        check_choice(group["grafting"], "grafting", GRAFTING)
+        check_int(group["update_every"], "update_every")
+        check_int(group["max_preconditioner_dim"], "max_preconditioner_dim", none="no blocking")
 
     def _blocks(self, group: dict, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         m, n = shape
@@ -111,6 +108,8 @@ class Shampoo(MatrixOptimizer):
         m, n = shape
         eigh = 9.0 * (kl * bl**3 + kr * br**3) / group["update_every"]
         return float(4 * m * n * (bl + br) + eigh)
+
+    prepares_with_gradients = True  # the statistics L += GGᵀ, R += GᵀG need whole gradients
 
     def prepare_directions(self, group: dict, bucket: Bucket) -> None:
         """The statistics, from the raw gradients: ``L``, ``R`` (block-diagonal parts) and Adam's
