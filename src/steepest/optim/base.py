@@ -217,7 +217,13 @@ class MatrixOptimizer(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             self._step_group(group)
+        self.step_done()
         return loss
+
+    def step_done(self) -> None:
+        """Called at the end of every :meth:`step` (Newton-Muon schedules its input collection
+        here). A hook, not an override of ``step``: torch wraps each class's ``step`` for the step
+        hooks, and a subclass ``step`` calling ``super().step()`` would run them twice."""
 
     def _gather(self, group: dict) -> tuple[list[Tensor], list[Tensor], list[dict], list[str]]:
         """The group's stepping parameters (DTensors stay DTensors), their gradients (local shards),

@@ -111,6 +111,18 @@ class NewtonMuon(Muon):
     def remove_hooks(self) -> None:
         self.inputs.remove_hooks()
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(ema=self.ema, refresh_every=self.refresh_every, damping=self.damping, init_diag=self.init_diag)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """After ``copy.deepcopy`` or unpickling: torch keeps the state and groups, not the hooks
+        (functions of the original model's modules), so the copy starts without input statistics
+        (it warns at its first step and updates as Muon) until ``attach(model)`` hooks a model."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("inputs", InputStatistics())
+
     # The input statistics under their former names (tests read them).
     _sums = property(lambda self: self.inputs.sums)
     _hooks = property(lambda self: self.inputs.hooks)
@@ -202,11 +214,9 @@ class NewtonMuon(Muon):
         return totals, [int(c) for c in count_tensor.tolist()]
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
+    def step_done(self) -> None:
         self.inputs.release()
         self._schedule_collection()
-        return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
