@@ -5,16 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..directions._checks import compute_dtype
 from ..directions.normuon import NORMUON_BETA2, NORMUON_EPS, row_normalized
 from .base import Bucket, MatrixOptimizer, check_hyperparameter
 from .muon import Muon
 from .registry import Registration, register
 
 __all__ = ["NorMuon"]
-
-
-def _precision(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @register(Registration(
@@ -72,11 +69,11 @@ class NorMuon(Muon):
         check_hyperparameter("eps", group["eps"])
 
     def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return {"row_second_moment": ((bucket.shape[0],), _precision(bucket.params[0].dtype))}
+        return {"row_second_moment": ((bucket.shape[0],), compute_dtype(bucket.params[0].dtype))}
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         U = super().direction(group, bucket)
-        dtype = _precision(bucket.params[0].dtype)
+        dtype = compute_dtype(bucket.params[0].dtype)
         previous = torch.stack([s.get("row_second_moment", U.new_zeros(bucket.shape[0], dtype=dtype)).to(U.device, dtype) for s in bucket.states])
         D, v = self.math(group, row_normalized)(U, previous, group["beta2"], group["eps"], check=False)
         if bucket.skip is not None:
