@@ -355,3 +355,31 @@ def test_every_name_builds_and_steps(conv_model):
         x = torch.randn(4, 1, 8, 8)
         model(x).square().mean().backward()
         opt.step()
+
+
+def test_weights_of_unknown_layers_going_to_adamw_are_named_in_a_warning():
+    """Never a silent route (issue 24): a ConvTranspose kernel (4-D), an MoE expert bank (3-D) and
+    weight_norm's parametrized weights go to AdamW with a warning that names them, and a model
+    whose matrix optimizer ends up empty says so."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    class Experts(nn.Module):  # transformers' Mixtral stores its experts as one (E, 2I, H) parameter
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(4, 256, 128))
+
+        def forward(self, x):
+            return torch.einsum("bh,eih->bi", x, self.gate_up_proj)
+
+    model = nn.Sequential(nn.Linear(128, 128), Experts(), nn.Linear(256, 10))
+    with pytest.warns(UserWarning, match=r"1 weight\(s\) of no layer type the split knows go to AdamW: 1\.gate_up_proj"):
+        steepest.build_optimizer(model, "muon")
+    deconv = nn.Sequential(nn.ConvTranspose2d(512, 256, 3), nn.Flatten(), nn.Linear(256 * 25, 10))
+    with pytest.warns(UserWarning) as record:
+        steepest.build_optimizer(deconv, "muon")
+    messages = [str(w.message) for w in record]
+    assert any("go to AdamW: 0.weight" in m for m in messages)
+    assert any("no parameter is a matrix for muon" in m for m in messages)
+    normed = nn.Sequential(weight_norm(nn.Linear(128, 256)), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 10))
+    with pytest.warns(UserWarning, match=r"0\.parametrizations\.weight\.original0, 0\.parametrizations\.weight\.original1"):
+        steepest.build_optimizer(normed, "muon")

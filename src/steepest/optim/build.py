@@ -9,6 +9,8 @@ parameter-name patterns to optimizers (``{"*.mlp.*": "neon-fstar", "*": "muon"}`
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -163,8 +165,38 @@ def _route_matrices(
         if opt is None:
             raise ValueError(f"no route matches matrix parameter {info.name!r}; add a catch-all route, e.g. {{..., '*': 'muon'}}")
         routed.setdefault(opt, []).append(info)
+    _warn_unrouted(split.other, matrices=sum(len(v) for o, v in routed.items() if o != "adamw"), wanted=set(routes.values()) - {"adamw"})
     other = [(i.name, i.param) for i in split.other] + [(i.name, i.param) for i in routed.pop("adamw", [])]
     return routed, other
+
+
+def _effective_ndim(p: torch.Tensor) -> int:
+    return sum(1 for d in p.shape if d > 1)
+
+
+def _warn_unrouted(others: list[ParamInfo], matrices: int, wanted: set[str]) -> None:
+    """Never route a weight silently: warn, naming them, about the ≥ 2-D parameters that go to
+    AdamW under no rule the README states (weights of ≥ 3 effective dimensions, such as MoE expert
+    banks and ConvTranspose kernels, and parametrized weights such as ``weight_norm``'s), and
+    always when the matrix optimizers got nothing."""
+    unknown = [
+        i.name for i in others
+        if i.kind == "embedding-like" and (_effective_ndim(i.param) >= 3 or ".parametrizations." in f".{i.name}")
+    ]  # fmt: skip
+    if unknown:
+        shown = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        warnings.warn(
+            f"build_optimizer: {len(unknown)} weight(s) of no layer type the split knows go to AdamW: {shown}; "
+            "register their module with steepest.optim.split.register_matrix_module, or route them explicitly",
+            stacklevel=4,
+        )
+    big = [i.name for i in others if _effective_ndim(i.param) >= 2]
+    if wanted and not matrices and big:
+        warnings.warn(
+            f"build_optimizer: no parameter is a matrix for {', '.join(sorted(wanted))}: every parameter goes to AdamW "
+            f"(the ≥ 2-D ones: {', '.join(big[:8])}{' ...' if len(big) > 8 else ''})",
+            stacklevel=4,
+        )
 
 
 def _rate(opt: str, lr: Any, rates: Mapping[str, float], multiplier: Any) -> float:
