@@ -383,3 +383,25 @@ def test_weights_of_unknown_layers_going_to_adamw_are_named_in_a_warning():
     normed = nn.Sequential(weight_norm(nn.Linear(128, 256)), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 10))
     with pytest.warns(UserWarning, match=r"0\.parametrizations\.weight\.original0, 0\.parametrizations\.weight\.original1"):
         steepest.build_optimizer(normed, "muon")
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cyclic"])
+def test_combined_optimizer_has_the_defaults_schedulers_read(scheduler):
+    """OneCycleLR and CyclicLR with their default cycle_momentum=True cycle the matrix optimizer's
+    momentum (AdamW keeps its betas), and defaults["lr"] exists (issue 24)."""
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = steepest.build_optimizer(model, "muon", lr=0.02)
+    if scheduler == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=10)
+    else:
+        sched = torch.optim.lr_scheduler.CyclicLR(opt, 1e-3, 1e-2, step_size_up=2)
+    assert opt.defaults["lr"] == 0.02 and "betas" not in opt.defaults
+    momenta = []
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 64)).square().mean().backward()
+        opt.step()
+        sched.step()
+        momenta.append(opt.optimizers[0].param_groups[0]["momentum"])
+    assert len(set(momenta)) > 1  # cycled
+    assert opt.optimizers[-1].param_groups[0]["betas"] == (0.9, 0.95)

@@ -38,6 +38,7 @@ class CombinedOptimizer(Optimizer):
         super().__init__([g for o in optimizers for g in o.param_groups], {})
         self._adopting = False
         self.state = ChainMap(*[o.state for o in optimizers])
+        self.defaults = _scheduler_defaults(optimizers)
 
     def add_param_group(self, param_group: dict) -> None:
         if not getattr(self, "_adopting", False):
@@ -76,3 +77,19 @@ class CombinedOptimizer(Optimizer):
     def __repr__(self) -> str:
         inner = ",\n".join("  " + repr(o).replace("\n", "\n  ") for o in self.optimizers)
         return f"CombinedOptimizer(\n{inner}\n)"
+
+
+def _scheduler_defaults(optimizers: Sequence[Optimizer]) -> dict:
+    """The children's defaults merged, the first child's value winning (what schedulers read:
+    ``defaults["lr"]``, ``"momentum"`` or ``"betas"`` for ``OneCycleLR``/``CyclicLR``'s
+    ``cycle_momentum``). A key that torch's schedulers treat as one choice for every group is kept
+    only when every child has it: with a matrix optimizer (``momentum``) beside AdamW (``betas``),
+    ``betas`` is dropped, so a cycled momentum drives the matrix optimizer's μ and AdamW's groups
+    keep their β₁ (the ``momentum`` key written into them is unused by AdamW)."""
+    merged: dict = {}
+    for o in optimizers:
+        for key, value in o.defaults.items():
+            merged.setdefault(key, value)
+    if "betas" in merged and not all("betas" in o.defaults for o in optimizers):
+        del merged["betas"]
+    return merged
