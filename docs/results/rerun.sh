@@ -57,6 +57,10 @@ steepest-bench run   $S --optimizers neon-fstar,neon-nuclear-ef,neon-fstar-ef --
 # effectively frozen, only AdamW's embeddings, head and norms train. Final validation loss 2.48.
 steepest-bench run --task shakespeare-gpt --optimizers neon-nuclear --lr neon-nuclear=1e-6 --seeds 1 --threads 1 --out runs/frozen-control --quiet --no-plots
 
+# 2026-12-04 (issue 22 §4): NorMuon against Muon on Shakespeare (the cautious-weight-decay arms are still to run).
+steepest-bench sweep $S --optimizer normuon --lrs 0.00667,0.02,0.06
+steepest-bench run   $S --optimizers normuon --seeds 3 --lr-from-sweep $R
+
 # Thin the metrics to every 10th step (evaluations kept) before committing: a few MB in all.
 steepest-bench thin $R --every 10
 bash $R/regenerate.sh
