@@ -99,7 +99,12 @@ class Neon(MatrixOptimizer):
             rate whose worst task loses least of the achievable improvement (at most 5% at the end,
             28% (nuclear) / 40% (F*) after a tenth of the run; docs/results/defaults.md).
         mode: ``"nuclear"`` or ``"fstar"``. variant: F*'s ``"seed"`` or ``"mean_of_norms"``.
-        momentum, nesterov, weight_decay, nonfinite: as in :class:`~steepest.optim.Muon`.
+        momentum, nesterov, weight_decay, nonfinite: as in :class:`~steepest.optim.Muon`. With
+            ``sigma="keep"`` the step is ``lr·σ₁`` of the momentum, and the EMA's ``(1 − μ)`` keeps
+            σ₁ small: the default lr 1.0 assumes μ = 0.95. Lowering μ makes the same lr a larger
+            step (at μ = 0.8 or 0 the default rate diverged on a small MLP, issue 24's report):
+            scale lr down with ``(1 − 0.95)/(1 − μ)``, or use ``sigma="drop"``, whose step does not
+            grow with the gradient.
         iters: warm power iterations per step (default 1 for nuclear, 2 for F*); cold_iters: on the
             first step (4).
         oversample: extra block columns, at least (default 8; the block is rounded up to a
