@@ -100,11 +100,11 @@ class Neon(MatrixOptimizer):
             28% (nuclear) / 40% (F*) after a tenth of the run; docs/results/defaults.md).
         mode: ``"nuclear"`` or ``"fstar"``. variant: F*'s ``"seed"`` or ``"mean_of_norms"``.
         momentum, nesterov, weight_decay, nonfinite: as in :class:`~steepest.optim.Muon`. With
-            ``sigma="keep"`` the step is ``lr·σ₁`` of the momentum, and the EMA's ``(1 − μ)`` keeps
-            σ₁ small: the default lr 1.0 assumes μ = 0.95. Lowering μ makes the same lr a larger
-            step (at μ = 0.8 or 0 the default rate diverged on a small MLP, issue 24's report):
-            scale lr down with ``(1 − 0.95)/(1 − μ)``, or use ``sigma="drop"``, whose step does not
-            grow with the gradient.
+            ``sigma="keep"`` the step is ``lr·σ₁`` of the momentum, and the default lr 1.0 was
+            chosen at μ = 0.95. A lower μ averages less gradient noise out of ``M``, so σ₁ and the
+            step grow: at μ = 0.8 or 0 the default rate diverged on a small MLP (issue 24's
+            report). Lower lr together with μ (sweep it), or use ``sigma="drop"``, whose step does
+            not grow with the gradient.
         iters: warm power iterations per step (default 1 for nuclear, 2 for F*); cold_iters: on the
             first step (4).
         oversample: extra block columns, at least (default 8; the block is rounded up to a
