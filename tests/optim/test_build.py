@@ -405,3 +405,32 @@ def test_combined_optimizer_has_the_defaults_schedulers_read(scheduler):
         momenta.append(opt.optimizers[0].param_groups[0]["momentum"])
     assert len(set(momenta)) > 1  # cycled
     assert opt.optimizers[-1].param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_unfrozen_layers_are_routed_by_the_split_and_visible_to_schedulers():
+    """Progressive unfreezing (issue 24): add_param_group on build_optimizer's optimizer sends the
+    new weight to the matrix optimizer and the bias to AdamW, and both groups are in param_groups
+    (a scheduler and clipping reach them); a part that did not exist yet is built."""
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model[6].weight.requires_grad_(True)  # only the head trains at first: no Muon part yet
+    opt = steepest.build_optimizer(model, "muon")
+    assert len(opt.optimizers) == 1
+    for layer in (model[2], model[4]):
+        for p in layer.parameters():
+            p.requires_grad_(True)
+        opt.add_param_group({"params": list(layer.parameters()), "lr": 0.01})
+    muon = next(o for o in opt.optimizers if isinstance(o, steepest.Muon))
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(model[2].weight), id(model[4].weight)}
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in groups for p in (model[2].weight, model[2].bias, model[4].weight, model[4].bias))
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+    model(torch.randn(4, 64)).sum().backward()
+    before = model[4].weight.detach().clone()
+    opt.step()
+    sched.step()
+    assert not torch.equal(model[4].weight, before)
+    assert groups[id(model[4].bias)]["lr"] == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="not a trainable parameter of the model"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3, 3))]})

@@ -122,7 +122,54 @@ def build_optimizer(
     optimizers = [_build_part(model, opt, infos, _rate(opt, lr, rates, multiplier), options) for opt, infos in routed.items()]
     if other:
         optimizers.append(_adamw(other, lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay))
-    return CombinedOptimizer(optimizers)
+    combined = CombinedOptimizer(optimizers)
+    parts = dict(zip([*routed, *(["adamw"] if other else [])], optimizers))
+    adamw_options = dict(lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
+    combined.router = _Router(model, routes, head, inputs, parts, lambda opt: _rate(opt, lr, rates, multiplier), options, adamw_options)
+    return combined
+
+
+class _Router:
+    """Routes parameters added later (``CombinedOptimizer.add_param_group``, e.g. unfreezing) by
+    the same split and routes as :func:`build_optimizer`, building a part that does not exist yet."""
+
+    def __init__(self, model, routes, head, inputs, parts, rate, options, adamw_options) -> None:
+        self.model, self.routes, self.head, self.inputs = model, routes, head, inputs
+        self.parts, self.rate, self.options, self.adamw_options = parts, rate, options, adamw_options
+
+    def __call__(self, param_group: dict) -> list[tuple[str, torch.optim.Optimizer | None, dict, list[ParamInfo]]]:
+        """``(optimizer name, its part or None, group, infos)`` for each part the group's parameters go to."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        split = classify_parameters(self.model, self.head, inputs=self.inputs)
+        by_id = {id(i.param): i for i in split.params}
+        pieces: dict[tuple[str, bool], list[ParamInfo]] = {}
+        for p in params:
+            info = by_id.get(id(p))
+            if info is None:
+                raise ValueError("add_param_group: a parameter is not a trainable parameter of the model build_optimizer was given; set requires_grad=True first, or add it to that model")
+            opt = "adamw"
+            if info.kind == "matrix":
+                opt = next((o for pattern, o in self.routes.items() if any(fnmatchcase(n, pattern) for n in info.aliases)), "adamw")
+            pieces.setdefault((opt, info.transposed and opt != "adamw"), []).append(info)
+        extra = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
+        out = []
+        for (opt, transposed), infos in pieces.items():
+            group = {**extra, "params": [i.param for i in infos], "param_names": [i.name for i in infos]}
+            if transposed and not OPTIMIZERS[opt].peer:
+                group["transposed"] = True
+            out.append((opt, self.parts.get(opt), group, infos))
+        return out
+
+    def new_part(self, opt: str, infos: list[ParamInfo], group: dict) -> torch.optim.Optimizer:
+        """The part for ``opt`` built on its first parameters (the group's own options apply)."""
+        if opt == "adamw":
+            kw = {**self.adamw_options, **{k: v for k, v in group.items() if k in ("lr", "betas", "weight_decay", "eps")}}
+            part = _adamw([(i.name, i.param) for i in infos], **kw)
+        else:
+            part = _build_part(self.model, opt, infos, group.get("lr", self.rate(opt)), self.options)
+        self.parts[opt] = part
+        return part
 
 
 def _is_routes(name: str | Mapping[str, str]) -> bool:

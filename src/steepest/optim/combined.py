@@ -40,11 +40,28 @@ class CombinedOptimizer(Optimizer):
         self.state = ChainMap(*[o.state for o in optimizers])
         self.defaults = _scheduler_defaults(optimizers)
 
+    router = None  # set by build_optimizer: routes parameters added later by its split and routes
+
     def add_param_group(self, param_group: dict) -> None:
-        if not getattr(self, "_adopting", False):
-            raise TypeError("add a param group to one of CombinedOptimizer.optimizers instead")
-        # the children validated their groups (named or not, each their own way): adopt the same dicts
-        self.param_groups.append(param_group)
+        """Add parameters (e.g. unfrozen layers): with an optimizer from :func:`steepest.build_optimizer`
+        they are routed by the same split and routes (matrices to the matrix optimizer, the rest to
+        AdamW; a part that does not exist yet is built), and their groups appear in
+        :attr:`param_groups`, so schedulers, ``GradScaler.unscale_`` and clipping see them."""
+        if getattr(self, "_adopting", False):
+            # the children validated their groups (named or not, each their own way): adopt the same dicts
+            self.param_groups.append(param_group)
+            return
+        if self.router is None:
+            raise TypeError("this CombinedOptimizer was not built by steepest.build_optimizer: add the group to one of its .optimizers, then rebuild it")
+        for _, part, group, infos in self.router(param_group):
+            if part is None:
+                part = self.router.new_part(_, infos, group)
+                self.optimizers.append(part)
+                self.state.maps.append(part.state)
+                self.param_groups.extend(part.param_groups)
+                continue
+            part.add_param_group(group)
+            self.param_groups.append(part.param_groups[-1])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
