@@ -53,9 +53,9 @@ class CombinedOptimizer(Optimizer):
             return
         if self.router is None:
             raise TypeError("this CombinedOptimizer was not built by steepest.build_optimizer: add the group to one of its .optimizers, then rebuild it")
-        for _, part, group, infos in self.router(param_group):
+        for name, part, group, infos in self.router(param_group):
             if part is None:
-                part = self.router.new_part(_, infos, group)
+                part = self.router.new_part(name, infos, group)
                 self.optimizers.append(part)
                 self.state.maps.append(part.state)
                 self.param_groups.extend(part.param_groups)
