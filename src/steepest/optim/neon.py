@@ -129,8 +129,8 @@ class Neon(MatrixOptimizer):
             following the momentum's persistent top direction. Under DDP ``C`` travels with the
             direction in the state all-gather (nuclear: its factors ``σ₁u₁``, ``v₁``, ``m + n``
             numbers per matrix; F*: ``C`` itself, ``m × n``, since its rank is known only after the
-            step) and every rank subtracts it from its copy; row-sharded (FSDP2) parameters are
-            not supported with it.
+            step) and every rank subtracts it from its copy; on FSDP2 row shards each rank
+            subtracts its rows of ``C`` (the in-place path computes only those rows).
 
     Host reads (F* only): the bucket's largest rank of the previous step, to size the block (on
     CUDA a non-blocking copy made at the end of that step, so it does not stall the device; a
