@@ -347,7 +347,7 @@ def dcp_two_processes(rank: int, world: int, directory: str) -> dict:
 
 # --- one spawn per world size runs every scenario --------------------------------------------
 MATRIX_NAMES = list(OPTIMIZERS)
-NEON_NAMES = [n for n in registered(matrix=True, peer=False, one_per_kind=True) if registration(n).factory is steepest.Neon]  # its Krylov path
+NEON_NAMES = [n for n in registered(matrix=True, peer=False) if registration(n).factory is steepest.Neon]  # its Krylov path, error feedback included
 
 
 def scenarios(rank: int, world: int, checkpoint_path: str) -> dict:
