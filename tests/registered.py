@@ -32,14 +32,15 @@ def registered(
     dependency group installs (``Registration.extra``: the third-party peers, slow to build and
     not ours to test exactly); ``one_per_kind``: the first name of each class and ``mode`` only
     (the scale, sigma and error-feedback variants run the same code otherwise); ``available``:
-    only those that can be built here."""
+    only those that can be built here. Variants registered while the suite runs
+    (``register_variant``) are never listed."""
     names, kinds = [], set()
     for name, r in OPTIMIZERS.items():
-        if (available and not r.available()) or (r.extra and not extras):
+        if (available and not r.available()) or (r.extra and not extras) or r.variant_of:
             continue
         if any(want is not None and getattr(r, attr) != want for attr, want in (("matrix", matrix), ("peer", peer), ("needs_model", needs_model))):
             continue
-        kind = (r.factory, r.options.get("mode"))
+        kind = (r.factory, r.options.get("mode"), r.options.get("cautious_weight_decay"))
         if one_per_kind and kind in kinds:
             continue
         kinds.add(kind)

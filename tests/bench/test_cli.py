@@ -68,6 +68,8 @@ def test_no_command_prints_help(capsys):
         (["sweep", "--task", "nope", "--optimizer", "sgd"], ["unknown task 'nope'"]),
         (["run", "--optimizers", "sgd,nope"], ["unknown optimizer 'nope'", "valid optimizers:", "sgd", "adamw"]),
         (["sweep", "--optimizer", "nope"], ["unknown optimizer 'nope'", "valid optimizers:"]),
+        (["run", "--optimizers", "muon(wd=0.1)"], ["muon has no option 'wd'", "weight_decay"]),
+        (["run", "--optimizers", "muon(weight_decay=0.1"], ["bad optimizer variant", "NAME(KEY=VALUE,...)"]),
         (["run", "--steps", "0"], ["--steps", "positive integer"]),
         (["run", "--steps", "-3"], ["--steps", "positive integer"]),
         (["run", "--steps", "many"], ["--steps", "positive integer"]),
@@ -172,6 +174,22 @@ def test_run_plot_report(capsys, tmp_path):
     for name in ("adamw", "sgd"):
         assert f"| {name} | {format_lr(task_.default_lr(name))} | 2 | 2 completed |" in report
     assert "optimizer.step share" in report
+
+
+def test_variants_run_side_by_side_in_their_own_folders(capsys, tmp_path):
+    """``NAME(KEY=VALUE,...)`` runs that optimizer with those options, under that name: its own
+    folder, report row, lr (``--lr NAME(...)=VALUE``) and resume, next to the plain name."""
+    cautious = "muon(weight_decay=0.1,cautious_weight_decay=True)"
+    argv = ["run", "--optimizers", f"muon,{cautious}", "--lr", f"{cautious}=0.01", "--seeds", "1", "--steps", "6",
+            "--eval-every", "3", "--out", str(tmp_path), *FAST, "--no-plots"]
+    assert main(argv) == 0
+    folder = tmp_path / "digits-mlp" / cautious / "lr=0.01" / "seed=0"
+    cfg = json.loads((folder / "config.json").read_text())["run"]
+    assert cfg["optimizer"] == cautious
+    assert main(["report", str(tmp_path)]) == 0
+    report = (tmp_path / "digits-mlp" / "report.md").read_text()
+    assert f"| {cautious} | 0.01 | 1 | 1 completed |" in report and "| muon |" in report
+    assert main([*argv, "--resume"]) == 0  # ended runs are found again under the variant's name
 
 
 def test_thin_keeps_evaluations_and_every_nth_step(capsys, tmp_path):

@@ -193,10 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _key_values(items: list[str], what: str) -> dict[str, str]:
+    from steepest.optim.registry import split_names
+
     out: dict[str, str] = {}
     for item in items:
-        for part in item.split(",") if what == "--lr" else [item]:
-            key, sep, value = part.partition("=")
+        for part in split_names(item) if what == "--lr" else [item]:
+            key, sep, value = part.rpartition("=") if what == "--lr" else part.partition("=")
             if not sep or not key.strip() or not value.strip():
                 raise BenchError(f"bad {what} {part!r}: expected NAME=VALUE")
             out[key.strip()] = value.strip()
@@ -212,6 +214,7 @@ def _install_hint(name: str) -> str:
 
 def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:
     from steepest.optim.build import optimizer_names, register_routes
+    from steepest.optim.registry import register_variant, split_names
 
     valid = optimizer_names()
     registered = optimizer_names(include_unavailable=True)
@@ -220,11 +223,18 @@ def _optimizer_names(raw: str | None, default: Sequence[str]) -> list[str]:
         return names
     if raw.strip() == "all":
         return list(valid)
-    names = [n.strip() for n in raw.split(",") if n.strip()]
+    names = [n.strip() for n in split_names(raw) if n.strip()]
     if not names:
         raise BenchError(f"no optimizer named; valid optimizers: {', '.join(valid)}")
     for n in names:
-        if "=" in n:  # per-module routes, e.g. '*.mlp.*=neon-fstar+muon' (lr: a multiplier of each route's default)
+        head = n.split("(")[0]
+        if "(" in n and "=" not in head and "+" not in head:  # a variant: 'muon(weight_decay=0.1)'
+            try:
+                register_variant(n)
+            except ValueError as e:
+                raise BenchError(str(e)) from None
+            n = head.strip()
+        elif "=" in n:  # per-module routes, e.g. '*.mlp.*=neon-fstar+muon' (lr: a multiplier of each route's default)
             try:
                 register_routes(n, n)
             except ValueError as e:

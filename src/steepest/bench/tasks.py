@@ -162,9 +162,9 @@ class Task:
     def default_lr(self, optimizer: str) -> float:
         """This task's default lr for ``optimizer``'s lr family (its registration's ``family``),
         else the optimizer's registered default."""
-        from steepest.optim.registry import OPTIMIZERS
+        from steepest.optim.registry import registration
 
-        spec = OPTIMIZERS[optimizer]
+        spec = registration(optimizer)
         return float(self.lrs[spec.family] if spec.family in self.lrs else spec.default_lr)
 
     def config(

@@ -22,7 +22,7 @@ from torch import nn
 from . import muon, neon, dion, newton_muon, shampoo, sign, baselines  # noqa: F401
 from .baselines import adamw as _adamw
 from .combined import CombinedOptimizer
-from .registry import OPTIMIZERS, Registration, add, optimizer_names
+from .registry import OPTIMIZERS, Registration, add, optimizer_names, register_variant
 from .split import ParamInfo, classify_parameters, split_parameters
 
 __all__ = ["OptimizerSpec", "OPTIMIZERS", "optimizer_names", "split_parameters", "build_optimizer", "parse_routes", "register_routes"]
@@ -31,6 +31,8 @@ OptimizerSpec = Registration  # the former name of a registration
 
 
 def _spec(name: str, where: str = "optimizer name") -> Registration:
+    if isinstance(name, str) and name not in OPTIMIZERS and "(" in name:
+        name = register_variant(name)  # "muon(weight_decay=0.1)": a registered name with options
     if not isinstance(name, str) or name not in OPTIMIZERS or not OPTIMIZERS[name].available():
         raise ValueError(f"unknown {where} {name!r}; valid names: {', '.join(optimizer_names())}")
     return OPTIMIZERS[name]
@@ -41,7 +43,8 @@ def parse_routes(text: str) -> dict[str, str]:
     ``NAME`` without a pattern is the ``"*"`` route), e.g. ``"*.mlp.*=neon-fstar+muon"``."""
     routes: dict[str, str] = {}
     for part in text.split("+"):
-        pattern, _, opt = part.rpartition("=")
+        cut = _top_level_equals(part)
+        pattern, opt = (part[:cut], part[cut + 1:]) if cut >= 0 else ("", part)
         pattern, opt = (pattern.strip() or "*"), opt.strip()
         if not opt:
             raise ValueError(f"bad route {part!r} in {text!r}: write PATTERN=OPTIMIZER, e.g. '*.mlp.*=neon-fstar+muon'")
@@ -50,6 +53,16 @@ def parse_routes(text: str) -> dict[str, str]:
         routes[pattern] = opt
     _check_routes(routes)
     return routes
+
+
+def _top_level_equals(text: str) -> int:
+    """Index of the first ``=`` outside parentheses (variant options are inside), else -1."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "=" and depth == 0:
+            return i
+    return -1
 
 
 def _check_routes(routes: Mapping[str, str]) -> None:
@@ -120,13 +133,21 @@ def build_optimizer(
     rates = _route_rates(lr, routes)
     routed, other = _route_matrices(model, routes, head, inputs)
     optimizers = [_build_part(model, opt, infos, _rate(opt, lr, rates, multiplier), options) for opt, infos in routed.items()]
+    adamw_options = dict(lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay, cautious_weight_decay=_cautious(name, options))
     if other:
-        optimizers.append(_adamw(other, lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay))
+        optimizers.append(_adamw(other, **adamw_options))
     combined = CombinedOptimizer(optimizers)
     parts = dict(zip([*routed, *(["adamw"] if other else [])], optimizers))
-    adamw_options = dict(lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
     combined.router = _Router(model, routes, head, inputs, parts, lambda opt: _rate(opt, lr, rates, multiplier), options, adamw_options)
     return combined
+
+
+def _cautious(name: str | Mapping[str, str], options: Mapping[str, Any]) -> bool:
+    """Whether the AdamW part decays cautiously: ``cautious_weight_decay`` as given to
+    :func:`build_optimizer`, else as the (single, e.g. variant) name's registration fixes it."""
+    if "cautious_weight_decay" in options:
+        return bool(options["cautious_weight_decay"])
+    return not _is_routes(name) and bool(_spec(name).options.get("cautious_weight_decay", False))
 
 
 class _Router:
@@ -174,7 +195,9 @@ class _Router:
 
 def _is_routes(name: str | Mapping[str, str]) -> bool:
     """Whether ``name`` is routes (a mapping, a registered routed name or the string form), not one name."""
-    return isinstance(name, Mapping) or (isinstance(name, str) and (name in _ROUTES or "=" in name or "+" in name))
+    if isinstance(name, Mapping):
+        return True
+    return isinstance(name, str) and (name in _ROUTES or "+" in name or _top_level_equals(name) >= 0)
 
 
 def _routes_of(name: str | Mapping[str, str], lr: Any) -> tuple[dict[str, str], Any]:
@@ -182,13 +205,13 @@ def _routes_of(name: str | Mapping[str, str], lr: Any) -> tuple[dict[str, str], 
     name: then ``lr`` is its own rate)."""
     if isinstance(name, str) and name in _ROUTES:
         return _ROUTES[name], (1.0 if lr is None else lr)
-    if isinstance(name, str) and ("=" in name or "+" in name):
-        return parse_routes(name), (1.0 if lr is None else lr)
     if isinstance(name, Mapping):
         routes = dict(name)
         _check_routes(routes)
         return routes, (1.0 if lr is None or isinstance(lr, Mapping) else lr)
-    return {"*": name}, None
+    if _is_routes(name):
+        return parse_routes(name), (1.0 if lr is None else lr)
+    return {"*": _spec(name).name}, None
 
 
 def _route_rates(lr: Any, routes: Mapping[str, str]) -> dict[str, float]:

@@ -18,7 +18,10 @@ and the test suite's contracts. Names are listed in the order they were register
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["Registration", "OPTIMIZERS", "register", "add", "optimizer_names"]
+__all__ = ["Registration", "OPTIMIZERS", "register", "add", "optimizer_names", "register_variant", "split_names", "registration"]
 
 T = TypeVar("T")
 
@@ -58,6 +61,7 @@ class Registration:
     extra: str | None = None  # the optional dependency group that installs it ("peers"), if any
     install_hint: str | None = None  # why it is unavailable and how to fix that (default: from extra)
     available: Callable[[], bool] = field(default=_always, repr=False)
+    variant_of: str | None = None  # set by register_variant: the name whose options this one overrides
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -103,3 +107,81 @@ def optimizer_names(include_unavailable: bool = False) -> list[str]:
     """Names accepted by :func:`~steepest.optim.build.build_optimizer`, in registration order
     (optional peers only when installed)."""
     return [n for n, s in OPTIMIZERS.items() if include_unavailable or s.available()]
+
+
+_VARIANT = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*\((.*)\)\s*$", re.S)
+
+
+def _option_value(text: str, where: str) -> Any:
+    """A Python literal (``0.1``, ``True``, ``'fstar'``); ``true``/``false`` and bare words too."""
+    low = text.strip()
+    if low.lower() in ("true", "false"):
+        return low.lower() == "true"
+    try:
+        return ast.literal_eval(low)
+    except (ValueError, SyntaxError):
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", low):
+            return low
+        raise ValueError(f"bad option value {text!r} in {where}: write a number, True/False or a word") from None
+
+
+def _check_options(base: Registration, options: Mapping[str, Any], where: str) -> None:
+    """Options the base's factory does not take are an error naming the ones it does."""
+    try:
+        sig = inspect.signature(base.factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    taken = [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("params", "lr", "model")]
+    for key in options:
+        if key not in taken:
+            raise ValueError(f"{where}: {base.name} has no option {key!r}; its options: {', '.join(taken)}")
+
+
+def register_variant(text: str) -> str:
+    """Register ``"NAME(KEY=VALUE,...)"``, optimizer ``NAME`` with those constructor options, under
+    that spelling (spaces dropped), so that ``build_optimizer`` and the harness run it like any name:
+    ``"muon(weight_decay=0.1,cautious_weight_decay=True)"``. It keeps ``NAME``'s default lr and lr
+    family, and gets a figure colour of its own. Returns the registered name."""
+    m = _VARIANT.match(text)
+    if m is None:
+        raise ValueError(f"bad optimizer variant {text!r}: write NAME(KEY=VALUE,...), e.g. 'muon(weight_decay=0.1)'")
+    base_name, body = m.group(1), m.group(2)
+    base = OPTIMIZERS.get(base_name)
+    if base is None or base.factory is None:
+        raise ValueError(f"bad optimizer variant {text!r}: unknown optimizer {base_name!r}; valid names: {', '.join(optimizer_names())}")
+    options: dict[str, Any] = {}
+    for part in (p for p in split_names(body) if p.strip()):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"bad option {part.strip()!r} in {text!r}: write KEY=VALUE")
+        options[key.strip()] = _option_value(value, repr(text))
+    if not options:
+        raise ValueError(f"bad optimizer variant {text!r}: name at least one option, e.g. 'muon(weight_decay=0.1)'")
+    _check_options(base, options, repr(text))
+    name = text.strip()
+    desc = f"{base.name} with " + ", ".join(f"{k}={v!r}" for k, v in options.items())
+    add(dataclasses.replace(base, name=name, description=desc, color=None, options={**base.options, **options}, variant_of=base.name), replace=True)
+    return name
+
+
+def split_names(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses: ``"muon,muon(weight_decay=0.1,cautious_weight_decay=True)"``
+    gives two names."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def registration(name: str) -> Registration:
+    """The registration of ``name``, registering a variant ``"NAME(KEY=VALUE,...)"`` on first use
+    (``KeyError`` for an unknown plain name)."""
+    if name not in OPTIMIZERS and "(" in name:
+        register_variant(name)
+    return OPTIMIZERS[name.strip()] if name not in OPTIMIZERS else OPTIMIZERS[name]
