@@ -9,14 +9,14 @@ and neither imports the other: the optimizers know no ranks, the executors no op
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["Bucket", "Executor", "LocalExecutor", "local_tensor", "executor_for", "shard_row_start"]
+__all__ = ["Bucket", "BlockState", "Executor", "LocalExecutor", "local_tensor", "executor_for", "shard_row_start"]
 
 
 @dataclass
@@ -73,6 +73,11 @@ class Bucket:
             slot.copy_(self.matrix(t))
         return out
 
+    def matrix_keys(self) -> tuple:
+        """A stable identity of each matrix across steps (a block of a stacked weight is a fresh view
+        every step; its parameter's state dict and its index are not)."""
+        return tuple((id(s.state), s.index) if isinstance(s, BlockState) else (id(s), -1) for s in self.states)
+
     def stack_state(self, key: str) -> Tensor:
         return torch.stack([s[key] for s in self.states])
 
@@ -80,6 +85,60 @@ class Bucket:
         """Write a ``(k, ...)`` stack back into the matrices' states, one slice each."""
         for s, v in zip(self.states, values.unbind(0)):
             s[key] = v
+
+
+class BlockState(MutableMapping):
+    """The state of block ``index`` of a parameter that stacks ``blocks`` matrices (experts, conv
+    groups), so that one ``state_dict`` entry per key holds every block's state:
+
+    * ``momentum_buffer``: the block's view (``block(buffer, index)``) of the parameter's buffer;
+    * ``step``: the parameter's own;
+    * any other tensor: row ``index`` of a ``(blocks, ...)`` tensor, created on the first write;
+      deleting it hides it from this block and drops it once every block has deleted it
+      (``deleted`` is shared by the blocks of one parameter for one step).
+    """
+
+    def __init__(self, state: dict, index: int, blocks: int, block: Callable[[Tensor, int], Tensor], deleted: dict) -> None:
+        self.state, self.index, self.blocks, self.block, self.deleted = state, index, blocks, block, deleted
+
+    def _hidden(self, key: str) -> bool:
+        return self.index in self.deleted.get(key, ())
+
+    def __getitem__(self, key: str):
+        if self._hidden(key):
+            raise KeyError(key)
+        v = self.state[key]
+        if key == "momentum_buffer":
+            return self.block(v, self.index)
+        return v[self.index] if key != "step" and isinstance(v, Tensor) else v
+
+    def __setitem__(self, key: str, value) -> None:
+        if key == "momentum_buffer":
+            self.block(self.state[key], self.index).copy_(value)
+            return
+        if key == "step" or not isinstance(value, Tensor):
+            self.state[key] = value
+            return
+        self.deleted.get(key, set()).discard(self.index)
+        old = self.state.get(key)
+        if not isinstance(old, Tensor) or old.shape != (self.blocks, *value.shape) or old.dtype != value.dtype:
+            old = self.state[key] = value.new_zeros((self.blocks, *value.shape))
+        old[self.index].copy_(value)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        gone = self.deleted.setdefault(key, set())
+        gone.add(self.index)
+        if len(gone) == self.blocks or key in ("step", "momentum_buffer"):
+            del self.state[key]
+            del self.deleted[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in list(self.state) if not self._hidden(k))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def local_tensor(t: Tensor) -> Tensor:

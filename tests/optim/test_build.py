@@ -358,12 +358,13 @@ def test_every_name_builds_and_steps(conv_model):
 
 
 def test_weights_of_unknown_layers_going_to_adamw_are_named_in_a_warning():
-    """Never a silent route (issue 24): a ConvTranspose kernel (4-D), an MoE expert bank (3-D) and
-    weight_norm's parametrized weights go to AdamW with a warning that names them, and a model
-    whose matrix optimizer ends up empty says so."""
+    """Never a silent route (issue 24): a 3-D weight of a module the split does not know goes to
+    AdamW with a warning that names it, and a model whose matrix optimizer ends up empty says so.
+    ConvTranspose kernels, expert banks (a module with ``num_experts``) and parametrized weights
+    are matrices (tests/optim/test_layouts.py), without a warning."""
     from torch.nn.utils.parametrizations import weight_norm
 
-    class Experts(nn.Module):  # transformers' Mixtral stores its experts as one (E, 2I, H) parameter
+    class Bank(nn.Module):  # a stack of maps the split cannot know the layout of (no num_experts)
         def __init__(self):
             super().__init__()
             self.gate_up_proj = nn.Parameter(torch.randn(4, 256, 128))
@@ -371,18 +372,19 @@ def test_weights_of_unknown_layers_going_to_adamw_are_named_in_a_warning():
         def forward(self, x):
             return torch.einsum("bh,eih->bi", x, self.gate_up_proj)
 
-    model = nn.Sequential(nn.Linear(128, 128), Experts(), nn.Linear(256, 10))
+    model = nn.Sequential(nn.Linear(128, 128), Bank(), nn.Linear(256, 10))
     with pytest.warns(UserWarning, match=r"1 weight\(s\) of no layer type the split knows go to AdamW: 1\.gate_up_proj"):
         steepest.build_optimizer(model, "muon")
-    deconv = nn.Sequential(nn.ConvTranspose2d(512, 256, 3), nn.Flatten(), nn.Linear(256 * 25, 10))
     with pytest.warns(UserWarning) as record:
-        steepest.build_optimizer(deconv, "muon")
+        steepest.build_optimizer(nn.Sequential(Bank()), "muon")
     messages = [str(w.message) for w in record]
-    assert any("go to AdamW: 0.weight" in m for m in messages)
+    assert any("go to AdamW: 0.gate_up_proj" in m for m in messages)
     assert any("no parameter is a matrix for muon" in m for m in messages)
-    normed = nn.Sequential(weight_norm(nn.Linear(128, 256)), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 10))
-    with pytest.warns(UserWarning, match=r"0\.parametrizations\.weight\.original0, 0\.parametrizations\.weight\.original1"):
-        steepest.build_optimizer(normed, "muon")
+    known = nn.Sequential(nn.ConvTranspose2d(512, 256, 3), weight_norm(nn.Conv2d(256, 256, 3)), nn.Flatten(), nn.Linear(256 * 9, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = steepest.build_optimizer(known, "muon")
+    assert {n for g in opt.optimizers[0].param_groups for n in g["param_names"]} == {"0.weight", "1.parametrizations.weight.original1"}
 
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "cyclic"])

@@ -31,8 +31,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..directions.collectives import RowCollectives
-from ..execution import Bucket, Executor, LocalExecutor, executor_for, local_tensor
-from ..validation import check_bool, check_choice, check_number
+from ..execution import BlockState, Bucket, Executor, LocalExecutor, executor_for, local_tensor
+from .split import matrix_view_shape
+from ..validation import check_bool, check_choice, check_int, check_number
 
 __all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "local_tensor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter", "restore_state_dtypes"]
 
@@ -112,6 +113,12 @@ class MatrixOptimizer(Optimizer):
                     f"{type(self).__name__} updates matrices, but parameter {name} has shape {tuple(p.shape)}; "
                     "give 1-D parameters (biases, norm scales) to AdamW, e.g. with steepest.build_optimizer(model, ...)"
                 )
+            blocks = group.get("matrix_blocks", 1)
+            if blocks > 1 and (p.ndim < 2 or p.shape[0] % blocks):
+                raise ValueError(
+                    f"{type(self).__name__}: parameter {name} of shape {tuple(p.shape)} cannot hold matrix_blocks={blocks} "
+                    "matrices along its first dimension; use a divisor of its first dimension, or 1"
+                )
 
     def validate_group(self, group: dict) -> None:
         """Check the hyperparameters of one param group; subclasses extend it."""
@@ -122,6 +129,7 @@ class MatrixOptimizer(Optimizer):
         check_choice(group["nonfinite"], "nonfinite", NONFINITE_MODES)
         group.setdefault("cautious_weight_decay", False)  # groups and checkpoints from before the option
         check_bool(group["cautious_weight_decay"], "cautious_weight_decay")
+        check_int(group.get("matrix_blocks", 1), "matrix_blocks")
 
     @staticmethod
     def _param_name(group: dict, i: int) -> str:
@@ -186,13 +194,25 @@ class MatrixOptimizer(Optimizer):
         return cache[fn]
 
     def matrix_shape(self, p: Tensor) -> tuple[int, int]:
-        """``(out, in)``: ``(p.shape[0], ∏ p.shape[1:])``; for a parameter stored ``(in, out)``
-        (:meth:`is_transposed`) ``(p.shape[-1], ∏ p.shape[:-1])``; ``(1, numel)`` below 2-D."""
+        """``(out, in)`` of each of ``p``'s matrices (:meth:`matrix_blocks`): ``(p.shape[0], ∏ p.shape[1:])``
+        of a block; for a parameter stored ``(in, out…)`` (:meth:`is_transposed`) ``(∏ p.shape[1:], p.shape[0])``;
+        ``(1, numel)`` below 2-D."""
         if p.ndim < 2:
             return (1, p.numel())
-        if self.is_transposed(p):
-            return (p.shape[-1], math.prod(p.shape[:-1]))
-        return (p.shape[0], math.prod(p.shape[1:]))
+        return matrix_view_shape(p, self.is_transposed(p), self.matrix_blocks(p))
+
+    def matrix_blocks(self, p: Tensor) -> int:
+        """How many independent matrices ``p`` stacks along its first dimension: its param group's
+        ``matrix_blocks`` (default 1; :func:`steepest.build_optimizer` sets the number of experts of
+        a mixture-of-experts weight, or of groups of a grouped convolution). Each block is updated
+        as its own matrix, in the same batched call as the others of its shape."""
+        if self.elementwise:
+            return 1
+        key = tuple(id(g) for g in self.param_groups)
+        cache = self.__dict__.get("_blocks_ids")
+        if cache is None or cache[0] != key:
+            cache = self._blocks_ids = (key, {id(q): g.get("matrix_blocks", 1) for g in self.param_groups for q in g["params"]})
+        return cache[1].get(id(p), 1)
 
     def is_transposed(self, p: Tensor) -> bool:
         """Whether ``p`` is stored ``(in, out)`` (``y = x @ W``, HF's ``Conv1D``): its param group
@@ -329,7 +349,7 @@ class MatrixOptimizer(Optimizer):
     def direction_buffer(self, bucket: Bucket, dtype: torch.dtype) -> Tensor:
         """A :meth:`scratch` buffer for the bucket's ``(k, m, n)`` direction, one per bucket (keyed by
         its first parameter: the directions of all buckets of a group live until they are applied)."""
-        key = ("direction", *(id(p) for p in bucket.params[:1]))
+        key = ("direction", *bucket.matrix_keys()[:1])
         device = bucket.momenta[0].device if bucket.momenta else torch.device("cpu")
         return self.scratch(key, (len(bucket.momenta), *bucket.shape), dtype, device)
 
@@ -352,21 +372,20 @@ class MatrixOptimizer(Optimizer):
         for p, g, m, s, n in zip(params, grads, momenta, states, names):
             shape = self.matrix_shape(p)  # a DTensor's global shape; its layout keeps it apart
             layout = (p.device_mesh, tuple(p.placements)) if hasattr(p, "placements") else None
-            transposed = self.is_transposed(p)
-            if transposed and layout is not None:
+            transposed, blocks = self.is_transposed(p), self.matrix_blocks(p)
+            if (transposed or blocks > 1) and layout is not None:
+                what = "stored (in, out) (transposed=True)" if transposed else f"a stack of {blocks} matrices (matrix_blocks={blocks})"
                 raise NotImplementedError(
-                    f"{type(self).__name__}: parameter {n} is stored (in, out) (transposed=True) and sharded as a DTensor, "
-                    "which is not supported; shard only (out, in) weights, or convert HF Conv1D layers to nn.Linear"
+                    f"{type(self).__name__}: parameter {n} is {what} and sharded as a DTensor, which is not supported; "
+                    "shard only (out, in) weights, or keep this one replicated"
                 )
             key = (shape, p.dtype, p.device, layout, transposed)
             if key not in buckets:
                 buckets[key] = Bucket(shape, [], [], [], [], [], transposed=transposed, skip=skip)
             b = buckets[key]
-            b.params.append(p)
-            b.grads.append(g)
-            b.momenta.append(m)
-            b.states.append(s)
-            b.names.append(n)
+            for entry in _blocks_of(p, g, m, s, n, blocks):
+                for column, value in zip((b.params, b.grads, b.momenta, b.states, b.names), entry):
+                    column.append(value)
         return list(buckets.values())
 
     def _apply(self, group: dict, bucket: Bucket, D: Tensor, skip: Tensor | None) -> None:
@@ -391,6 +410,18 @@ class MatrixOptimizer(Optimizer):
             torch._foreach_add_(params, torch._foreach_mul(updates, -lr * scale))
         else:
             torch._foreach_add_(params, updates, alpha=-(lr * scale))
+
+
+def _blocks_of(p: Tensor, g: Tensor, m: Tensor, state: dict, name: str, blocks: int) -> list[tuple]:
+    """``(param, grad, momentum, state, name)`` of each of ``p``'s ``blocks`` matrices: views of
+    its first dimension (one index per block when there are as many blocks as rows, as for
+    experts), so that in-place updates reach ``p``, and a :class:`~steepest.execution.BlockState`."""
+    if blocks == 1:
+        return [(p, g, m, state, name)]
+    rows = p.shape[0] // blocks
+    part = (lambda t, e: t.select(0, e)) if rows == 1 and p.ndim == 3 else (lambda t, e: t.narrow(0, e * rows, rows))
+    deleted: dict = {}
+    return [(part(p, e), part(g, e), part(m, e), BlockState(state, e, blocks, part, deleted), f"{name}[{e}]") for e in range(blocks)]
 
 
 def scalar_lr(group: dict) -> float | Tensor:

@@ -172,13 +172,14 @@ class _Router:
             opt = "adamw"
             if info.kind == "matrix":
                 opt = next((o for pattern, o in self.routes.items() if any(fnmatchcase(n, pattern) for n in info.aliases)), "adamw")
-            pieces.setdefault((opt, info.transposed and opt != "adamw"), []).append(info)
+            layout = (info.transposed, info.blocks) if opt != "adamw" else (False, 1)
+            pieces.setdefault((opt, layout), []).append(info)
         extra = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
         out = []
-        for (opt, transposed), infos in pieces.items():
+        for (opt, layout), infos in pieces.items():
             group = {**extra, "params": [i.param for i in infos], "param_names": [i.name for i in infos]}
-            if transposed and not OPTIMIZERS[opt].peer:
-                group["transposed"] = True
+            if not OPTIMIZERS[opt].peer:
+                group.update(layout_options(*layout))
             out.append((opt, self.parts.get(opt), group, infos))
         return out
 
@@ -289,10 +290,17 @@ def _build_part(model: nn.Module, opt: str, infos: list[ParamInfo], rate: float,
 
 
 def _groups(infos: list[ParamInfo], spec: Registration) -> list:
-    """The named matrices for ``spec``'s factory: a flat list, or with weights stored ``(in, out)``
-    two param groups, the second with ``transposed=True`` (peers get the flat list)."""
-    plain = [(i.name, i.param) for i in infos if not i.transposed]
-    flipped = [(i.name, i.param) for i in infos if i.transposed]
-    if spec.peer or not flipped:
-        return plain + flipped
-    return ([{"params": plain}] if plain else []) + [{"params": flipped, "transposed": True}]
+    """The named matrices for ``spec``'s factory: a flat list, or one param group per layout, with
+    ``transposed=True`` for weights stored ``(in, out)`` and ``matrix_blocks=k`` for weights that
+    stack ``k`` matrices (experts, conv groups). Peers get the flat list."""
+    layouts: dict[tuple[bool, int], list] = {}
+    for i in infos:
+        layouts.setdefault((i.transposed, i.blocks), []).append((i.name, i.param))
+    if spec.peer or list(layouts) == [(False, 1)]:
+        return [(i.name, i.param) for i in infos]
+    return [{"params": named, **layout_options(transposed, blocks)} for (transposed, blocks), named in layouts.items()]
+
+
+def layout_options(transposed: bool, blocks: int) -> dict:
+    """The param-group options of a matrix layout (none for a plain ``(out, in)`` weight)."""
+    return {**({"transposed": True} if transposed else {}), **({"matrix_blocks": blocks} if blocks > 1 else {})}

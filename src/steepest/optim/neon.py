@@ -339,7 +339,7 @@ class Neon(MatrixOptimizer):
         return self.__dict__.setdefault("_pending_rank", {})
 
     def _key(self, bucket: Bucket) -> tuple:
-        return tuple(id(p) for p in bucket.params)
+        return bucket.matrix_keys()
 
     def _remember_rank(self, bucket: Bucket, rank: Tensor) -> None:
         """Keep the batch's largest rank for the next step's width, keyed by the batch's members.

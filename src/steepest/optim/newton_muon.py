@@ -83,12 +83,14 @@ class NewtonMuon(Muon):
     @classmethod
     def from_model(cls, model: nn.Module, lr: float | Tensor = 0.02, **options) -> NewtonMuon:
         """A NewtonMuon over ``model``'s hidden matrices (the split of :func:`steepest.build_optimizer`,
-        weights stored ``(in, out)`` in a ``transposed`` group), with its input hooks installed;
+        weights stored ``(in, out)`` in a ``transposed`` group, experts and conv groups as ``matrix_blocks``), with its input hooks installed;
         give the other parameters to AdamW."""
-        matrix = classify_parameters(model).matrix
-        plain = [(i.name, i.param) for i in matrix if not i.transposed]
-        flipped = [(i.name, i.param) for i in matrix if i.transposed]
-        groups = ([{"params": plain}] if plain else []) + ([{"params": flipped, "transposed": True}] if flipped else [])
+        from .build import layout_options
+
+        layouts: dict[tuple[bool, int], list] = {}
+        for i in classify_parameters(model).matrix:
+            layouts.setdefault((i.transposed, i.blocks), []).append((i.name, i.param))
+        groups = [{"params": named, **layout_options(*layout)} for layout, named in layouts.items()]
         return cls(groups, lr=lr, model=model, **options)
 
     def attach(self, model: nn.Module) -> int:

@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "KINDS",
@@ -52,9 +53,11 @@ __all__ = [
     "classify_parameters",
     "split_parameters",
     "matrix_view_shape",
+    "matrix_blocks",
+    "parametrization_gains",
 ]
 
-KINDS = ("matrix", "head", "embedding", "embedding-like", "input", "other")
+KINDS = ("matrix", "head", "embedding", "router", "embedding-like", "input", "other")
 INPUT_CHOICES = ("matrix", "adamw")
 
 # module type -> ((attribute of a weight it applies as a matrix, stored (in, out)?), ...)
@@ -64,6 +67,10 @@ _MATRIX_MODULES: dict[type, tuple[tuple[str, bool], ...]] = {
     nn.Conv2d: (("weight", False),),
     nn.Conv3d: (("weight", False),),
     nn.MultiheadAttention: (("in_proj_weight", False), ("q_proj_weight", False), ("k_proj_weight", False), ("v_proj_weight", False)),
+    # stored (in, out/groups, k...): the map of one input position is (out·k², in), the transpose
+    nn.ConvTranspose1d: (("weight", True),),
+    nn.ConvTranspose2d: (("weight", True),),
+    nn.ConvTranspose3d: (("weight", True),),
 }
 
 
@@ -95,23 +102,72 @@ def _matrix_attrs(module: nn.Module) -> tuple[tuple[str, bool], ...]:
     return ()
 
 
+def _expert_attrs(module: nn.Module) -> tuple[tuple[str, bool], ...]:
+    """A mixture-of-experts module's stacked expert weights: its own 3-D parameters whose first
+    dimension is ``module.num_experts`` (transformers' ``MixtralExperts``, ``Qwen2MoeExperts``,
+    ...), stored ``(E, out, in)``, or ``(E, in, out)`` where ``module.is_transposed`` says so."""
+    experts = getattr(module, "num_experts", None)
+    if not isinstance(experts, int) or experts < 1:
+        return ()
+    transposed = bool(getattr(module, "is_transposed", False))
+    return tuple((n, transposed) for n, p in module.named_parameters(recurse=False) if p.ndim == 3 and p.shape[0] == experts)
+
+
+def _weight(module: nn.Module, attr: str) -> Tensor | None:
+    """The parameter behind ``module.<attr>``: itself, or under a parametrization (``weight_norm``,
+    ``spectral_norm``) the original of the weight's shape (weight_norm's direction ``v``)."""
+    if parametrize.is_parametrized(module, attr):
+        computed = getattr(module, attr)
+        originals = [t for n, t in module.parametrizations[attr].named_parameters(recurse=False) if n.startswith("original")]
+        return next((t for t in originals if t.shape == computed.shape), None)
+    w = getattr(module, attr, None)
+    return w if isinstance(w, Tensor) else None
+
+
+def matrix_blocks(module: nn.Module, weight: Tensor) -> int:
+    """How many independent matrices ``weight`` stacks along its first dimension: the experts of a
+    mixture-of-experts weight, the groups of a grouped (or depthwise) convolution, else 1."""
+    if _expert_attrs(module) and weight.ndim == 3 and weight.shape[0] == module.num_experts:
+        return module.num_experts
+    groups = getattr(module, "groups", 1)
+    return groups if isinstance(module, nn.modules.conv._ConvNd) and groups > 1 else 1
+
+
 def matrix_modules(model: nn.Module) -> list[tuple[nn.Module, Tensor, bool]]:
     """``(module, weight, transposed)`` for every matrix weight of ``model``, in registration order
-    (a weight shared by two modules appears under each)."""
+    (a weight shared by two modules appears under each; a parametrized weight as its original)."""
     out = []
     for module in model.modules():
-        for attr, transposed in _matrix_attrs(module):
-            w = getattr(module, attr, None)
-            if isinstance(w, Tensor) and w.ndim >= 2:
+        for attr, transposed in _matrix_attrs(module) + _expert_attrs(module):
+            w = _weight(module, attr)
+            if w is not None and w.ndim >= 2:
                 out.append((module, w, transposed))
     return out
 
 
-def matrix_view_shape(p: Tensor, transposed: bool = False) -> tuple[int, int]:
-    """``(out, in)`` of a matrix weight: ``(p.shape[0], ∏ p.shape[1:])``, or for a weight stored
-    ``(in, out)`` (``transposed``) ``(p.shape[-1], ∏ p.shape[:-1])``."""
+def parametrization_gains(model: nn.Module) -> set[int]:
+    """The ids of the parametrization originals that are not the matrix (``weight_norm``'s
+    magnitude ``g``, shaped ``(out, 1, ...)``): gains, updated as 1-D parameters."""
+    gains = set()
+    for module in model.modules():
+        for attr, _ in _matrix_attrs(module):
+            if parametrize.is_parametrized(module, attr):
+                matrix = _weight(module, attr)
+                gains.update(id(t) for t in module.parametrizations[attr].parameters(recurse=False) if t is not matrix)
+    return gains
+
+
+def matrix_view_shape(p: Tensor, transposed: bool = False, blocks: int = 1) -> tuple[int, int]:
+    """``(out, in)`` of one of the ``blocks`` matrices of a matrix weight (its rows split into
+    ``blocks`` equal parts; experts: one index of the first dimension each):
+    ``(p.shape[0], ∏ p.shape[1:])``, or for a weight stored ``(in, out…)`` (``transposed``: HF
+    ``Conv1D``, ``ConvTranspose``) ``(∏ p.shape[1:], p.shape[0])``."""
+    if blocks > 1:
+        p = p[0] if blocks == p.shape[0] else p[: p.shape[0] // blocks]
+        if p.ndim < 2:
+            return (1, p.numel()) if not transposed else (p.numel(), 1)
     if transposed:
-        return (p.shape[-1], math.prod(p.shape[:-1]))
+        return (math.prod(p.shape[1:]), p.shape[0])
     return (p.shape[0], math.prod(p.shape[1:]))
 
 
@@ -125,11 +181,12 @@ class ParamInfo:
     kind: str
     transposed: bool = False  # stored (in, out): the optimizers see the transpose
     module: nn.Module | None = None  # the matrix module that applies it (for input hooks)
+    blocks: int = 1  # independent matrices along the first dimension (experts, conv groups)
 
     @property
     def shape(self) -> tuple[int, int] | None:
-        """The ``(out, in)`` view of a matrix parameter, else None."""
-        return matrix_view_shape(self.param, self.transposed) if self.kind == "matrix" else None
+        """The ``(out, in)`` view of a matrix parameter (of each of its blocks), else None."""
+        return matrix_view_shape(self.param, self.transposed, self.blocks) if self.kind == "matrix" else None
 
 
 @dataclass
@@ -196,24 +253,51 @@ def classify_parameters(
         matrix.setdefault(id(w), (module, transposed))
     heads = _detected_head(model, modules) | _named_heads(head, {n: i for i, ns in aliases.items() for n in ns})
     input_layers = _input_layer(model) if inputs == "adamw" else set()
+    gains = parametrization_gains(model) | _expert_biases(model)
+    routers = _router_weights(model)
     infos = []
     for pid, p in params.items():
         names = tuple(aliases[pid])
         module, transposed = matrix.get(pid, (None, False))
-        if p.ndim < 2:
+        if p.ndim < 2 or pid in gains:
             kind = "other"
         elif pid in embeddings:
             kind = "embedding"
         elif pid in heads:
             kind = "head"
+        elif pid in routers:
+            kind = "router"
         elif module is None:
             kind = "embedding-like"
         elif pid in input_layers:
             kind = "input"
         else:
             kind = "matrix"
-        infos.append(ParamInfo(names[0], names, p, kind, transposed if kind == "matrix" else False, module))
+        matrix_kind = kind == "matrix"
+        blocks = matrix_blocks(module, p) if matrix_kind else 1
+        infos.append(ParamInfo(names[0], names, p, kind, transposed if matrix_kind else False, module, blocks))
     return ParameterSplit(infos)
+
+
+def _router_weights(model: nn.Module) -> set[int]:
+    """The ids of mixture-of-experts routers' ``(E, d)`` weights (a module with ``num_experts`` and
+    ``top_k`` and no experts of its own: transformers' ``MixtralTopKRouter``, ...). A router's
+    output is the experts' logits, read by a softmax: an output layer, so it goes to AdamW."""
+    out = set()
+    for module in model.modules():
+        experts, top_k = getattr(module, "num_experts", None), getattr(module, "top_k", None)
+        if isinstance(experts, int) and isinstance(top_k, int) and not _expert_attrs(module):
+            out.update(id(p) for p in module.parameters(recurse=False) if p.ndim == 2 and p.shape[0] == experts)
+    return out
+
+
+def _expert_biases(model: nn.Module) -> set[int]:
+    """The ids of a mixture-of-experts module's 2-D ``(E, out)`` biases: one bias per expert."""
+    out = set()
+    for module in model.modules():
+        if _expert_attrs(module):
+            out.update(id(p) for p in module.parameters(recurse=False) if p.ndim == 2 and p.shape[0] == module.num_experts)
+    return out
 
 
 def _trainable(model: nn.Module) -> tuple[dict[int, nn.Parameter], dict[int, list[str]]]:
