@@ -436,3 +436,20 @@ def test_unfrozen_layers_are_routed_by_the_split_and_visible_to_schedulers():
     assert groups[id(model[4].bias)]["lr"] == pytest.approx(0.005)
     with pytest.raises(ValueError, match="not a trainable parameter of the model"):
         opt.add_param_group({"params": [nn.Parameter(torch.zeros(3, 3))]})
+
+
+def test_step_warns_once_about_a_gradient_no_optimizer_holds():
+    """A layer made trainable after build_optimizer, without add_param_group, would never train:
+    step() names it, once."""
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    model[0].requires_grad_(False)
+    opt = steepest.build_optimizer(model, "muon")
+    model[0].requires_grad_(True)
+    model(torch.randn(4, 128)).sum().backward()
+    with pytest.warns(UserWarning, match=r"2 parameter\(s\) have a gradient but no optimizer and are not updated: 0\.weight, 0\.bias; add them with opt\.add_param_group"):
+        opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # once
+        opt.add_param_group({"params": list(model[0].parameters())})
+        opt.step()

@@ -3,6 +3,7 @@ LR scheduler."""
 
 from __future__ import annotations
 
+import warnings
 from collections import ChainMap
 from collections.abc import Callable, Sequence
 
@@ -69,9 +70,26 @@ class CombinedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.router is not None:
+            self._warn_unheld_gradients()
         for o in self.optimizers:
             o.step()
         return loss
+
+    def _warn_unheld_gradients(self) -> None:
+        """Warn once per parameter of the model that has a gradient but no optimizer (set trainable
+        after ``build_optimizer`` ran, without ``add_param_group``): it would silently never train."""
+        held = {id(p) for g in self.param_groups for p in g["params"]}
+        warned = self.__dict__.setdefault("_warned_unheld", set())
+        unheld = [n for n, p in self.router.model.named_parameters() if p.grad is not None and id(p) not in held and n not in warned]
+        if unheld:
+            warned.update(unheld)
+            shown = ", ".join(unheld[:8]) + (f" and {len(unheld) - 8} more" if len(unheld) > 8 else "")
+            warnings.warn(
+                f"CombinedOptimizer.step: {len(unheld)} parameter(s) have a gradient but no optimizer and are not updated: {shown}; "
+                'add them with opt.add_param_group({"params": [...]}) (they were frozen when build_optimizer ran)',
+                stacklevel=3,
+            )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
