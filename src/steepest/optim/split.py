@@ -55,6 +55,7 @@ __all__ = [
     "matrix_view_shape",
     "matrix_blocks",
     "parametrization_gains",
+    "HEAD_NAMES",
 ]
 
 KINDS = ("matrix", "head", "embedding", "router", "embedding-like", "input", "other")
@@ -312,12 +313,26 @@ def _trainable(model: nn.Module) -> tuple[dict[int, nn.Parameter], dict[int, lis
     return params, aliases
 
 
+# Output layers by their attribute name (the last component of the module's name): the secondary
+# heads of Hugging Face models (BERT's next-sentence ``seq_relationship``, GPT2DoubleHeads'
+# ``multiple_choice_head.summary``, question answering's ``qa_outputs``), classifiers, and CLIP's
+# two tower projections into the shared embedding space (both, never one of them).
+HEAD_NAMES = frozenset({"lm_head", "classifier", "score", "qa_outputs", "seq_relationship", "summary", "head",
+                        "text_projection", "visual_projection"})
+
+
 def _detected_head(model: nn.Module, modules: list[tuple[nn.Module, Tensor, bool]]) -> set[int]:
-    """The ids of the output layer's matrices: ``get_output_embeddings()``'s where the model has
-    one, else those of the last matrix module with a trainable weight."""
+    """The ids of the output layers' matrices: ``get_output_embeddings()``'s where the model has
+    one, and every matrix module named in :data:`HEAD_NAMES`; when neither exists, those of the
+    last matrix module with a trainable weight."""
+    heads: set[int] = set()
     out_layer = _output_embedding(model)
     if out_layer is not None:
-        return {id(p) for p in out_layer.parameters() if p.ndim >= 2}
+        heads.update(id(p) for p in out_layer.parameters() if p.ndim >= 2)
+    named = {id(m) for n, m in model.named_modules() if n.rpartition(".")[2] in HEAD_NAMES}
+    heads.update(id(w) for m, w, _ in modules if id(m) in named)
+    if heads:
+        return heads
     trainable = [m for m, w, _ in modules if w.requires_grad]
     if not trainable:
         return set()
