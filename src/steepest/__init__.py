@@ -2,12 +2,14 @@
 
 Each optimizer's update direction is a pure function in :mod:`steepest.directions`;
 :mod:`steepest.optim` turns them into ``torch.optim.Optimizer`` classes, and
-:func:`build_optimizer` splits a model between a matrix optimizer and AdamW.
+:func:`build_optimizer` splits a model between a matrix optimizer and AdamW
+(or, for :class:`Modular`, gives every parameter the norm of its role).
 """
 
 from .optim import (
     CombinedOptimizer,
     Dion,
+    Modular,
     Muon,
     Neon,
     NewtonMuon,
@@ -16,6 +18,7 @@ from .optim import (
     Shampoo,
     SignDescent,
     build_optimizer,
+    modular_init,
     optimizer_names,
     split_parameters,
 )
@@ -24,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Dion",
+    "Modular",
     "Muon",
     "Neon",
     "NewtonMuon",
@@ -33,6 +37,7 @@ __all__ = [
     "CombinedOptimizer",
     "NonFiniteGradientError",
     "build_optimizer",
+    "modular_init",
     "optimizer_names",
     "split_parameters",
 ]

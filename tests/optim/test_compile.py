@@ -3,6 +3,8 @@
 Tolerance: 1e-5 relative: the compiler fuses and reorders float32 arithmetic (measured 1.3e-6 on
 msgn); the bucket structure, states and host logic are the same."""
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -24,8 +26,9 @@ OPTIONS = {
 
 def _case(name: str):
     options = {"lr": OPTIMIZERS[name].default_lr, **OPTIONS.get(name, {})}
-    if isinstance(OPTIMIZERS[name].factory, type) and issubclass(OPTIMIZERS[name].factory, Muon):
-        options["msgn_dtype"] = torch.float32  # every Muon-family class: the float32 tolerance below
+    factory = OPTIMIZERS[name].factory
+    if isinstance(factory, type) and (issubclass(factory, Muon) or "msgn_dtype" in inspect.signature(factory).parameters):
+        options["msgn_dtype"] = torch.float32  # every class that iterates msgn: the float32 tolerance below
     return lambda ps, **k: OPTIMIZERS[name].build(ps, **options, **k)
 
 

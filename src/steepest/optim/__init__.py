@@ -4,6 +4,8 @@ from .base import MatrixOptimizer, NonFiniteGradientError
 from .build import OPTIMIZERS, build_optimizer, optimizer_names, split_parameters
 from .combined import CombinedOptimizer
 from .dion import Dion
+from .modular import Modular
+from .modular_init import modular_init
 from .muon import Muon
 from .neon import Neon
 from .normuon import NorMuon
@@ -13,6 +15,7 @@ from .sign import SignDescent
 
 __all__ = [
     "Dion",
+    "Modular",
     "Muon",
     "Neon",
     "NorMuon",
@@ -23,6 +26,7 @@ __all__ = [
     "MatrixOptimizer",
     "NonFiniteGradientError",
     "build_optimizer",
+    "modular_init",
     "optimizer_names",
     "split_parameters",
     "OPTIMIZERS",

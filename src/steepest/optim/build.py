@@ -24,6 +24,7 @@ from .baselines import adamw as _adamw
 from .combined import CombinedOptimizer
 from .registry import OPTIMIZERS, Registration, add, optimizer_names, register_variant
 from .split import ParamInfo, classify_parameters, split_parameters
+from .modular import role_groups
 
 __all__ = ["OptimizerSpec", "OPTIMIZERS", "optimizer_names", "split_parameters", "build_optimizer", "parse_routes", "register_routes"]
 
@@ -169,7 +170,7 @@ class _Router:
             info = by_id.get(id(p))
             if info is None:
                 raise ValueError("add_param_group: a parameter is not a trainable parameter of the model build_optimizer was given; set requires_grad=True first, or add it to that model")
-            opt = "adamw"
+            opt = _non_matrix_route(info, self.routes)
             if info.kind == "matrix":
                 opt = next((o for pattern, o in self.routes.items() if any(fnmatchcase(n, pattern) for n in info.aliases)), "adamw")
             layout = (info.transposed, info.blocks) if opt != "adamw" else (False, 1)
@@ -181,7 +182,19 @@ class _Router:
             if not OPTIMIZERS[opt].peer:
                 group.update(layout_options(*layout))
             out.append((opt, self.parts.get(opt), group, infos))
-        return out
+        return (piece for entry in out for piece in self._by_role(*entry))  # lazily: a part built for one role serves the next
+
+    def _by_role(self, opt: str, part, group: dict, infos: list[ParamInfo]):
+        """An optimizer that takes roles (``Registration.roles``) gets one group per role."""
+        if not OPTIMIZERS[opt].roles:
+            yield opt, part, group, infos
+            return
+        extra = {k: v for k, v in group.items() if k not in ("params", "param_names", "transposed", "matrix_blocks")}
+        by_id = {id(i.param): i for i in infos}
+        for g in role_groups(infos):
+            params = [p for _, p in g["params"]]
+            options = {k: v for k, v in g.items() if k != "params"}
+            yield opt, self.parts.get(opt), {**extra, **options, "params": params, "param_names": [n for n, _ in g["params"]]}, [by_id[id(p)] for p in params]
 
     def new_part(self, opt: str, infos: list[ParamInfo], group: dict) -> torch.optim.Optimizer:
         """The part for ``opt`` built on its first parameters (the group's own options apply)."""
@@ -227,8 +240,9 @@ def _route_rates(lr: Any, routes: Mapping[str, str]) -> dict[str, float]:
 def _route_matrices(
     model: nn.Module, routes: Mapping[str, str], head, inputs: str
 ) -> tuple[dict[str, list[ParamInfo]], list[tuple[str, nn.Parameter]]]:
-    """The model's matrices by the optimizer their first matching route names, and the
-    parameters for AdamW (the non-matrices and the matrices routed to ``"adamw"``)."""
+    """The model's matrices by the optimizer their first matching route names, the non-matrix
+    parameters by :func:`_non_matrix_route`, and the parameters for AdamW (those and the matrices
+    routed to ``"adamw"``)."""
     split = classify_parameters(model, head, inputs=inputs)
     routed: dict[str, list[ParamInfo]] = {}
     for info in split.matrix:
@@ -236,9 +250,24 @@ def _route_matrices(
         if opt is None:
             raise ValueError(f"no route matches matrix parameter {info.name!r}; add a catch-all route, e.g. {{..., '*': 'muon'}}")
         routed.setdefault(opt, []).append(info)
-    _warn_unrouted(split.other, matrices=sum(len(v) for o, v in routed.items() if o != "adamw"), wanted=set(routes.values()) - {"adamw"})
-    other = [(i.name, i.param) for i in split.other] + [(i.name, i.param) for i in routed.pop("adamw", [])]
+    rest = []
+    for info in split.other:
+        opt = _non_matrix_route(info, routes)
+        (rest if opt == "adamw" else routed.setdefault(opt, [])).append(info)
+    _warn_unrouted(rest, matrices=sum(len(v) for o, v in routed.items() if o != "adamw"), wanted=set(routes.values()) - {"adamw"})
+    other = [(i.name, i.param) for i in rest] + [(i.name, i.param) for i in routed.pop("adamw", [])]
     return routed, other
+
+
+def _non_matrix_route(info: ParamInfo, routes: Mapping[str, str]) -> str:
+    """Where a non-matrix parameter (embedding, head, 1-D, ...) goes: the first route matching it
+    whose optimizer takes every role (``Registration.roles``: ``modular``, ``scion``) or is
+    ``"adamw"``, else AdamW. Routes to matrix-only optimizers are passed over, so that
+    ``{"*.mlp.*": "neon-fstar", "*": "modular"}`` gives the MLP's biases to ``modular``."""
+    for pattern, opt in routes.items():
+        if (opt == "adamw" or OPTIMIZERS[opt].roles) and any(fnmatchcase(n, pattern) for n in info.aliases):
+            return opt
+    return "adamw"
 
 
 def _effective_ndim(p: torch.Tensor) -> int:
@@ -286,7 +315,7 @@ def _build_part(model: nn.Module, opt: str, infos: list[ParamInfo], rate: float,
     if not spec.matrix:
         return spec.build([(i.name, i.param) for i in infos], lr=rate)
     kw = {"model": model, **options} if spec.needs_model else options
-    return spec.build(_groups(infos, spec), lr=rate, **kw)
+    return spec.build(role_groups(infos) if spec.roles else _groups(infos, spec), lr=rate, **kw)
 
 
 def _groups(infos: list[ParamInfo], spec: Registration) -> list:

@@ -56,6 +56,7 @@ class Registration:
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     factory: Callable[..., torch.optim.Optimizer] | None = field(default=None, repr=False)
     matrix: bool = True  # False: every parameter goes to this optimizer (no AdamW split)
+    roles: bool = False  # True: it also takes the non-matrix parameters, in param groups by role (role=...), instead of AdamW
     needs_model: bool = False  # the factory takes model=... (Newton-Muon installs input hooks)
     peer: bool = False  # another project's optimizer, registered for side-by-side comparison
     extra: str | None = None  # the optional dependency group that installs it ("peers"), if any
