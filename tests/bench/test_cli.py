@@ -380,3 +380,30 @@ def test_progress_lines_when_stderr_is_not_a_terminal(capsys, tmp_path):
     assert steps == sorted(steps) and steps[-1] < 30 and all(f"/30 (" in l for l in lines)
     assert main([*argv, "--progress-every", "0", "--overwrite"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_init_modular_reaches_the_model_and_its_own_folder(capsys, tmp_path):
+    """``--init modular``: recorded in the run's config, its own folder next to the default init's,
+    and the model that trains is modular_init's (the step-0 weights differ from the default's)."""
+    from steepest.bench.config import RunConfig, run_dir
+    from steepest.bench.train import _initialise
+
+    argv = ["run", "--optimizers", "scion", "--seeds", "1", "--steps", "4", "--eval-every", "2", "--out", str(tmp_path), *FAST, "--no-plots"]
+    assert main([*argv, "--init", "modular"]) == 0
+    assert main(argv) == 0
+    lr = format_lr(get_task("digits-mlp").default_lr("scion"))
+    ours = tmp_path / "digits-mlp" / "scion" / "init=modular" / f"lr={lr}" / "seed=0"
+    cfg = RunConfig.from_dict(json.loads((ours / "config.json").read_text())["run"])
+    assert cfg.init == "modular" and run_dir(tmp_path, cfg) == ours
+    assert (tmp_path / "digits-mlp" / "scion" / f"lr={lr}" / "seed=0" / "result.json").exists()
+    assert main([*argv, "--init", "modular", "--resume"]) == 0  # found again under its folder
+    task = get_task("digits-mlp")
+    from steepest.bench.models import MLP
+
+    mlp = _initialise(MLP(64, 10, width=16, depth=2), cfg, task)
+    assert not mlp.hidden[0].bias.any() and torch.equal(mlp.head.weight.abs(), torch.full((10, 16), 2.0**10 / 16))
+    plain = MLP(64, 10, width=16, depth=2)
+    assert _initialise(plain, RunConfig.from_dict({**cfg.to_dict(), "init": "default"}), task).head.bias.any()
+    with pytest.raises(ValueError, match="unknown init 'orthogonal'; accepted values: 'default', 'modular'"):
+        RunConfig(task="digits-mlp", optimizer="scion", lr=0.1, init="orthogonal")
+    fails(capsys, [*argv, "--init", "orthogonal"], "--init")

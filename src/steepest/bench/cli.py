@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .config import INITS
 from .errors import BenchError
 
 __all__ = ["main", "build_parser"]
@@ -133,6 +134,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tokenizer", choices=("char", "byte"), help="shakespeare-gpt: character- or byte-level")
     m.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="override a data option (repeatable)")
     m.add_argument("--data-dir", help="folder with the task's data (CIFAR-10, TinyStories); default $STEEPEST_DATA")
+    m.add_argument("--init", choices=INITS, default="default", help="the model's initialisation: its own (default) or "
+                   "'modular' (steepest.modular_init: orthogonal x sqrt(fan_out/fan_in) hidden layers, unit-RMS embedding rows, x radius)")
     m.add_argument("--init-from", metavar="PATH", help="fine-tune: start the model's weights from this checkpoint of the same "
                    "model config (a run folder, its ckpt.pt, or a saved state_dict); the optimizer starts fresh")
     h = p.add_argument_group("hardware and output")
@@ -294,7 +297,7 @@ def _base_configs(args: argparse.Namespace, task, optimizers: list[str], lrs: di
                     ckpt_every=args.ckpt_every, adamw_lr=args.adamw_lr, warmup_steps=args.warmup_steps,
                     cooldown_frac=args.cooldown_frac, model_size=args.model_size, model=model, data=data,
                     grad_clip=args.grad_clip, data_dir=str(Path(data_dir).expanduser()) if data_dir else None,
-                    init_from=args.init_from,
+                    init_from=args.init_from, init=args.init,
                     device=device, amp=device.startswith("cuda") and not args.no_amp, compile=args.compile,
                     world_size=world, kind=kind,
                 ))  # fmt: skip

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunConfig", "environment", "describe_hardware", "cpu_model_and_kind", "run_dir", "format_lr", "RESUME_IGNORED"]
+__all__ = ["RunConfig", "environment", "describe_hardware", "cpu_model_and_kind", "run_dir", "format_lr", "RESUME_IGNORED", "INITS"]
+
+INITS = ("default", "modular")  # RunConfig.init: the model's own initialisation, or steepest.modular_init
 
 # Fields that may differ between a run and its resumption without changing its numbers' meaning.
 # (``init_from`` is the fine-tuning checkpoint's path as spelled; its ``init_sha256`` decides.)
@@ -39,6 +41,7 @@ class RunConfig:
     data_dir: str | None = None
     init_from: str | None = None  # fine-tuning: the checkpoint the model's weights start from
     init_sha256: str | None = None  # sha256 of that checkpoint file
+    init: str = "default"  # the model's initialisation: "default" (its own) or "modular" (steepest.modular_init)
     device: str = "cpu"
     amp: bool = False  # bf16 autocast (CUDA)
     compile: bool = False
@@ -50,6 +53,8 @@ class RunConfig:
         # config.json compares equal to the one that wrote it.
         self.model = json.loads(json.dumps(self.model))
         self.data = json.loads(json.dumps(self.data))
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; accepted values: {', '.join(map(repr, INITS))}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,11 +87,14 @@ def format_lr(lr: float) -> str:
 
 
 def run_dir(out: str | os.PathLike, cfg: RunConfig) -> Path:
-    """``OUT/<task>/[sweep/]<optimizer>/lr=<lr>/seed=<k>``."""
+    """``OUT/<task>/[sweep/]<optimizer>/[init=<init>/]lr=<lr>/seed=<k>`` (``init=`` unless the model's own init)."""
     base = Path(out) / cfg.task
     if cfg.kind == "sweep":
         base = base / "sweep"
-    return base / cfg.optimizer / f"lr={format_lr(cfg.lr)}" / f"seed={cfg.seed}"
+    base = base / cfg.optimizer
+    if cfg.init != "default":
+        base = base / f"init={cfg.init}"
+    return base / f"lr={format_lr(cfg.lr)}" / f"seed={cfg.seed}"
 
 
 def cpu_model_and_kind() -> tuple[str, str]:

@@ -376,7 +376,7 @@ def _gpt(problem: Problem, opts: dict[str, Any]) -> nn.Module:
 
 def _lrs(
     sgd: float, adamw: float, spectral: float, shampoo: float, sign: float, nuclear: float | None = None, fstar: float | None = None,
-    drop: float | None = None,
+    drop: float | None = None, modular: float | None = None, scion: float | None = None,
 ) -> dict[str, float]:
     """A task's rates by lr family (each registration's ``family``); an optimizer whose family a
     task leaves out falls back to its registered default (Neon's families when not given).
@@ -384,10 +384,12 @@ def _lrs(
     ``spectral``: Muon, ``muon-rms-to-rms``, Newton-Muon, Dion and ``torch.optim.Muon`` (Dion
     shares Muon's rate: on digits-mlp, 300 steps, 1 seed, lrs 1e-3/3e-3/1e-2, both were best at
     3e-3-1e-2, final val loss Dion 0.160/0.077/0.078, Muon 0.143/0.059/0.080); ``nuclear``,
-    ``fstar``: Neon with sigma kept; ``drop``: both Neon variants with sigma dropped."""
+    ``fstar``: Neon with sigma kept; ``drop``: both Neon variants with sigma dropped; ``modular``,
+    ``scion``: :class:`~steepest.Modular` unconstrained and Frank–Wolfe (their own families: the
+    constrained step takes a rate ~16× larger)."""
     lrs = {"sgd": sgd, "adamw": adamw, "spectral": spectral, "shampoo": shampoo, "sign": sign}
     lrs["adamw-matched"] = adamw  # muon-match-adamw's update RMS matches AdamW's, so AdamW's rate (Moonlight)
-    for family, value in (("nuclear", nuclear), ("fstar", fstar), ("neon-drop", drop)):
+    for family, value in (("nuclear", nuclear), ("fstar", fstar), ("neon-drop", drop), ("modular", modular), ("scion", scion)):
         if value is not None:
             lrs[family] = value
     return lrs
@@ -416,7 +418,8 @@ _register(Task(
     threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
     # From 1-seed sweeps at the default shape and steps (best final validation loss, rounded to
     # the safer side where the best sat next to divergence). Neon's rates are for sigma="keep".
-    lrs=_lrs(sgd=0.1, adamw=1e-2, spectral=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0, drop=0.3), adamw_lr=3e-3,
+    # modular, scion: 1-seed sweeps 2^-10..2^-3 (scion's best 2^-6, Scion's published MLP rate).
+    lrs=_lrs(sgd=0.1, adamw=1e-2, spectral=3e-3, shampoo=1e-2, sign=1e-3, nuclear=3.0, fstar=3.0, drop=0.3, modular=1e-3, scion=2**-6), adamw_lr=3e-3,
     model_sizes={"default": dict(width=128, depth=2), "tiny": dict(width=16, depth=2)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
 ))  # fmt: skip
@@ -427,7 +430,7 @@ _register(Task(
     build_problem=_digits_problem, build_model=_digits_resnet,
     steps=300, batch_size=128, eval_every=20, seeds=3,
     threads=1,  # tiny matrices: a second thread only adds synchronisation (and stalls on a busy machine)
-    lrs=_lrs(sgd=0.1, adamw=3e-3, spectral=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0, drop=0.1), adamw_lr=3e-3,
+    lrs=_lrs(sgd=0.1, adamw=3e-3, spectral=0.03, shampoo=1e-2, sign=3e-3, nuclear=1.0, fstar=10.0, drop=0.1, modular=1e-3, scion=2**-6), adamw_lr=3e-3,
     model_sizes={"default": dict(width=32), "tiny": dict(width=4)},
     targets={"val_acc": 0.95, "val_loss": 0.15},
 ))  # fmt: skip

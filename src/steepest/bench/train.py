@@ -185,7 +185,7 @@ def _warm_up(task, problem: Problem, cfg: RunConfig, device: torch.device, autoc
     from steepest.optim.build import build_optimizer
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = task.build_model(problem, cfg.model).to(device)
+        model = _initialise(task.build_model(problem, cfg.model).to(device), cfg, task)
         optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, adamw_lr=cfg.adamw_lr, head=task.head)
         x, y = problem.train_batch(0, ctx.rank, ctx.world)
         with autocast():
@@ -311,7 +311,7 @@ def _build(cfg: RunConfig, ctx: DistContext, rd: Path, task, device: torch.devic
     the model) and fresh optimizer; :class:`Incompatible` when the optimizer refuses the model."""
     problem = task.build_problem(cfg, device)
     torch.manual_seed(cfg.seed)  # model initialisation (and dropout) use the global RNG
-    raw_model = task.build_model(problem, cfg.model).to(device)
+    raw_model = _initialise(task.build_model(problem, cfg.model).to(device), cfg, task)
     init_record = None
     if cfg.init_from:
         from .finetune import load_init
@@ -325,6 +325,16 @@ def _build(cfg: RunConfig, ctx: DistContext, rd: Path, task, device: torch.devic
         raise Incompatible(f"optimizer {cfg.optimizer} cannot train task {cfg.task}'s model: {e}") from None
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     return _Run(cfg, ctx, rd, task, device, problem, raw_model, optimizer, base_lrs, init_record)
+
+
+def _initialise(model: nn.Module, cfg: RunConfig, task) -> nn.Module:
+    """``model`` with the run's initialisation: its own, or ``cfg.init == "modular"``'s
+    :func:`steepest.modular_init` (the task's head, default radii), drawn from the seeded global RNG."""
+    if cfg.init == "modular":
+        from steepest.optim.modular_init import modular_init
+
+        modular_init(model, head=task.head)
+    return model
 
 
 def _start_folder(run: _Run, fresh: bool) -> None:
