@@ -198,3 +198,46 @@ def test_bad_max_preconditioner_dim_and_changed_cap():
     opt2.param_groups[0]["max_preconditioner_dim"] = 1024  # a changed cap no longer fits the statistics
     with pytest.raises(ValueError, match="resume with the max_preconditioner_dim the checkpoint was saved with"):
         opt2.step()
+
+
+def _step_norms(update_every: int) -> list[float]:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(256, 128))
+    opt = Shampoo([w], lr=0.01, grafting="none", update_every=update_every)
+    gen = torch.Generator().manual_seed(1)
+    norms = []
+    for t in range(12):
+        w.grad = torch.randn(256, 128, generator=gen) * (1e-12 if t == 0 else 1.0)
+        before = w.detach().clone()
+        opt.step()
+        norms.append(float((w.detach() - before).norm()))
+    return norms
+
+
+def test_grafting_none_after_a_tiny_first_gradient_stays_bounded():
+    """Issue 24: roots of a 1e-12-scale first gradient, reused for 10 steps with nothing bounding
+    them, made steps ~1e4 too large; with the reused roots scaled by the statistics' growth, no
+    step is larger than with roots refreshed every step (up to the anisotropy of the growth, 2×)."""
+    stale, fresh = _step_norms(10), _step_norms(1)
+    assert max(stale[1:]) <= 2 * max(fresh[1:])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (3, 1), (1, 7), (2, 2)])
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1.0, 1e15])
+def test_tiny_matrices_at_every_scale(shape, scale):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(*shape))
+    opt = Shampoo([w], lr=0.01)
+    for _ in range(3):
+        w.grad = torch.randn(*shape) * scale
+        opt.step()
+    assert torch.isfinite(w).all()
+
+
+def test_overflowing_statistics_are_a_one_line_error():
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    opt = Shampoo([{"params": [w], "param_names": ["layer.weight"]}], lr=0.01)
+    w.grad = torch.full((8, 4), 1e30)
+    with pytest.raises(ValueError, match=r"statistics of parameter 'layer.weight' overflowed torch.float32.*scale the loss down") as e:
+        opt.step()
+    assert "\n" not in str(e.value)

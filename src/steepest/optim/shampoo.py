@@ -45,7 +45,9 @@ class Shampoo(MatrixOptimizer):
       (``1 − μ^{t+1}`` with Nesterov: the total weight of the gradients in ``M``), so the learning
       rate is on Adam's scale from the first step (Agarwal et al. 2020; Distributed Shampoo
       bias-corrects the same way); at step 1 the update's norm equals ``torch.optim.Adam``'s.
-      ``"none"`` keeps the raw direction (its size shrinks as the statistics grow, like AdaGrad's).
+      ``"none"`` keeps the raw direction (its size shrinks as the statistics grow, like AdaGrad's);
+      between refreshes each block's reused roots are scaled by ``(tr S_then / tr S_now)^{1/4}``,
+      so that a root of small early statistics does not blow up the steps that follow.
 
     Without accumulation (one step, ε → 0, no blocking) the direction is ``U_r V_rᵀ``: Shampoo is
     Muon with memory (lecture seed). Memory: per weight ``2(k_r b_r² + k_c b_c²)`` numbers (the
@@ -153,21 +155,48 @@ class Shampoo(MatrixOptimizer):
         if not any(self._stale(group, s) for s in bucket.states):
             return {}
         L, R = bucket.states[0]["L"], bucket.states[0]["R"]
-        return {"L_root": (tuple(L.shape), L.dtype), "R_root": (tuple(R.shape), R.dtype)}
+        return {"L_root": (tuple(L.shape), L.dtype), "R_root": (tuple(R.shape), R.dtype),
+                "L_root_trace": (tuple(L.shape[:1]), L.dtype), "R_root_trace": (tuple(R.shape[:1]), R.dtype)}
+
+    def _refresh_roots(self, group: dict, bucket: Bucket, stale: list[dict]) -> None:
+        """The roots of the stale matrices' statistics, in one batch, and the statistics' traces they
+        were computed from (per block); statistics that overflowed are an error naming the matrix."""
+        m, n = bucket.shape
+        for key, d in (("L", m), ("R", n)):
+            stats = torch.stack([s[key] for s in stale])
+            finite = torch.isfinite(stats).flatten(1).all(dim=1)
+            if not bool(finite.all()):  # refresh steps already read a flag back (inverse_root)
+                name = bucket.names[bucket.states.index(stale[int((~finite).nonzero()[0, 0])])]
+                raise ValueError(
+                    f"Shampoo: the statistics of parameter {name} overflowed {stats.dtype} (gradient entries near 1e19 or above); "
+                    "scale the loss down, or clip gradients"
+                )
+            roots = block_inverse_root(stats, d, 4, group["eps"])
+            traces = torch.diagonal(stats, dim1=-2, dim2=-1).sum(-1)
+            for s, r, t in zip(stale, roots.unbind(0), traces.unbind(0)):
+                s[key + "_root"], s[key + "_root_trace"] = r, t
+
+    @staticmethod
+    def _staleness(bucket: Bucket, key: str) -> Tensor:
+        """``(tr(S_then)/tr(S_now))^{1/4}`` per block, ``S`` the statistic ``key``: the factor by which
+        a root computed ``update_every`` steps ago overestimates the current one when ``S`` grew
+        uniformly (exact then; 1 for roots from before this was kept)."""
+        now = torch.diagonal(bucket.stack_state(key), dim1=-2, dim2=-1).sum(-1)
+        then = torch.stack([s[key + "_root_trace"] if key + "_root_trace" in s else torch.diagonal(s[key], dim1=-2, dim2=-1).sum(-1)
+                            for s in bucket.states])
+        return torch.where(now > 0, (then / now.clamp(min=torch.finfo(now.dtype).tiny)).clamp(max=1.0), torch.ones_like(now)) ** 0.25
 
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         """``g·L^{-1/4} M R^{-1/4}`` (blockwise) from the statistics of :meth:`prepare_directions`;
         the roots of the matrices due for a refresh are recomputed first, in one batch."""
-        m, n = bucket.shape
         stale = [s for s in bucket.states if self._stale(group, s)]
         if stale:
-            eps = group["eps"]
-            for key, d in (("L", m), ("R", n)):
-                roots = block_inverse_root(torch.stack([s[key] for s in stale]), d, 4, eps)
-                for s, r in zip(stale, roots.unbind(0)):
-                    s[key + "_root"] = r
+            self._refresh_roots(group, bucket, stale)
         M = bucket.stack(dtype=bucket.states[0]["L"].dtype)
         L_root, R_root = bucket.stack_state("L_root"), bucket.stack_state("R_root")
+        if group["grafting"] == "none":  # nothing else bounds a step from roots of smaller statistics
+            L_root = L_root * self._staleness(bucket, "L")[..., None, None]
+            R_root = R_root * self._staleness(bucket, "R")[..., None, None]
         if group["grafting"] == "adam":
             D = self.math(group, grafted_step)(
                 L_root, M, R_root, bucket.stack_state("graft_v"), bucket.stack_state("graft_t"),
