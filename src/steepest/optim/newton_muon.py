@@ -165,11 +165,11 @@ class NewtonMuon(Muon):
         return out
 
     def _check_statistics(self, group: dict, params: list[Tensor], hooked: bool = False) -> None:
-        """Warn once per matrix, at its first refresh in this process, when it has no input
-        statistics (it is then updated as by Muon)."""
+        """Warn once per matrix, at its first refresh in this process with a nonzero lr, when it has
+        no input statistics (it is then updated as by Muon)."""
         new = [p for p in params if id(p) not in self._checked]
-        if not new:
-            return
+        if not new or float(group["lr"]) == 0:  # a zero-lr step (torch.distributed.checkpoint's state
+            return  # initialisation) moves nothing: the first real step warns
         self._checked.update(id(p) for p in new)
         index = {id(p): i for i, p in enumerate(group["params"])}
         names = ", ".join(self._param_name(group, index[id(p)]) for p in new)
