@@ -11,12 +11,36 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["Bucket", "BlockState", "Executor", "LocalExecutor", "local_tensor", "executor_for", "shard_row_start"]
+__all__ = ["Bucket", "BlockState", "LowRank", "dense", "Executor", "LocalExecutor", "local_tensor", "executor_for", "shard_row_start"]
+
+
+class LowRank(NamedTuple):
+    """A batch of directions in factored form, ``D = left·rightᵀ`` (``left (k, m, r)``, ``right
+    (k, n, r)``): what the low-rank optimizers' ``direction`` may return (Neon's ``σ₁u₁v₁ᵀ`` and
+    ``U[Σ−τ]₊Vᵀ``), so that the step adds it as a rank-``r`` update of each weight instead of
+    forming and reading an ``m×n`` direction. Executors that move directions between ranks send
+    :func:`dense` ones."""
+
+    left: Tensor
+    right: Tensor
+
+    def dense(self) -> Tensor:
+        if self.left.shape[-1] == 1:  # a K = 1 matmul is several times slower than a broadcast product on CPU BLAS
+            return self.left * self.right.mT
+        return self.left @ self.right.mT
+
+    def masked_fill(self, mask: Tensor, value: float) -> "LowRank":
+        return LowRank(self.left.masked_fill(mask, value), self.right)
+
+
+def dense(D: "Tensor | LowRank") -> Tensor:
+    """``D`` as a ``(k, m, n)`` tensor."""
+    return D.dense() if isinstance(D, LowRank) else D
 
 
 @dataclass
@@ -78,6 +102,13 @@ class Bucket:
         every step; its parameter's state dict and its index are not)."""
         return tuple((id(s.state), s.index) if isinstance(s, BlockState) else (id(s), -1) for s in self.states)
 
+    def singles(self) -> list["Bucket"]:
+        """Each matrix as a bucket of one, its batch this bucket (per-batch decisions stay the batch's)."""
+        return [
+            Bucket(self.shape, [p], [g], [m], [s], [n], batch=self.whole, transposed=self.transposed, skip=self.skip)
+            for p, g, m, s, n in zip(self.params, self.grads, self.momenta, self.states, self.names)
+        ]
+
     def stack_state(self, key: str) -> Tensor:
         return torch.stack([s[key] for s in self.states])
 
@@ -93,9 +124,10 @@ class BlockState(MutableMapping):
 
     * ``momentum_buffer``: the block's view (``block(buffer, index)``) of the parameter's buffer;
     * ``step``: the parameter's own;
-    * any other tensor: row ``index`` of a ``(blocks, ...)`` tensor, created on the first write;
-      deleting it hides it from this block and drops it once every block has deleted it
-      (``deleted`` is shared by the blocks of one parameter for one step).
+    * any other tensor: row ``index`` of a ``(blocks, ...)`` tensor, created on the first write
+      (the other blocks do not have the entry until they write theirs); deleting it hides it from
+      this block and drops it once every block has deleted it (``deleted`` is shared by the blocks
+      of one parameter for one step).
     """
 
     def __init__(self, state: dict, index: int, blocks: int, block: Callable[[Tensor, int], Tensor], deleted: dict) -> None:
@@ -119,10 +151,12 @@ class BlockState(MutableMapping):
         if key == "step" or not isinstance(value, Tensor):
             self.state[key] = value
             return
-        self.deleted.get(key, set()).discard(self.index)
         old = self.state.get(key)
         if not isinstance(old, Tensor) or old.shape != (self.blocks, *value.shape) or old.dtype != value.dtype:
             old = self.state[key] = value.new_zeros((self.blocks, *value.shape))
+            self.deleted[key] = set(range(self.blocks))  # the other blocks have no such entry until they write it
+        if key in self.deleted:
+            self.deleted[key].discard(self.index)
         old[self.index].copy_(value)
 
     def __delitem__(self, key: str) -> None:

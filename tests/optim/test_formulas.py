@@ -130,7 +130,10 @@ def test_shampoo(grafting, beta2):
         L, R = beta2 * L + new * G @ G.T, beta2 * R + new * G.T @ G
         if t % every == 0:
             Lr, Rr = inverse_fourth_root(L, eps), inverse_fourth_root(R, eps)
+            trL, trR = L.trace(), R.trace()
         D = Lr @ M @ Rr
+        if grafting == "none":  # reused roots scaled by the statistics' growth, min(1, tr then / tr now)^(1/4)
+            D = D * (min(1.0, float(trL / L.trace())) * min(1.0, float(trR / R.trace()))) ** 0.25
         if grafting == "adam":
             v = 0.999 * v + 0.001 * G * G
             adam = M / (1 - mu ** (t + 2)) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)  # Nesterov M's bias correction

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, compute_dtype
+from ..execution import LowRank
 from .collectives import LOCAL, RowCollectives
 from .lowrank import block_triplets, top_singular
 
@@ -66,7 +67,8 @@ def rank_one(u: Tensor, s: Tensor, v: Tensor, sigma: str, out: Tensor | None = N
 
 
 def nuclear_block(
-    M: Tensor, init: Tensor, iters: int, sigma: str = "keep", capture: bool = False, out: Tensor | None = None, ops: RowCollectives = LOCAL
+    M: Tensor, init: Tensor, iters: int, sigma: str = "keep", capture: bool = False, out: Tensor | None = None,
+    ops: RowCollectives = LOCAL, factored: bool = False,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """``(D, V, C)``: Neon's rank-1 update of a ``(k, m, n)`` batch from ``iters`` warm block power
     iterations on the ``(k, n, l)`` block ``init`` and a Rayleigh–Ritz step
@@ -74,7 +76,12 @@ def nuclear_block(
     ``D`` (:func:`rank_one`) is written into ``out`` if given; ``V`` is the iterated block's right
     singular vectors (the next step's start); with ``capture``, ``C`` holds the factors
     ``(σ₁u₁, v₁)`` (``(k, m, 1)``, ``(k, n, 1)``) of the captured part ``σ₁u₁v₁ᵀ`` (else ``None``).
-    With row-split ``ops``, ``M``, ``D`` and ``σ₁u₁`` are this process's rows. No host read."""
+    With row-split ``ops``, ``M``, ``D`` and ``σ₁u₁`` are this process's rows. With ``factored``,
+    ``D`` is returned as its factors, a :class:`~steepest.execution.LowRank` ``(w·u₁, v₁)``
+    (``w = σ₁``, or ``[σ₁ > 0]`` for ``sigma="drop"``), never formed. No host read."""
     U, S, V = block_triplets(M.to(compute_dtype(M.dtype)), init, iters, ops)
     factors = (U[..., :1] * S[..., None, :1], V[..., :1]) if capture else None
+    if factored:
+        weight = S[..., None, :1] if sigma == "keep" else (S[..., None, :1] > 0).to(S.dtype)
+        return LowRank(U[..., :1] * weight, V[..., :1]), V, factors
     return rank_one(U, S, V, sigma, out=out), V, factors

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..execution import Bucket
+from ..execution import Bucket, dense
 from ..validation import check_choice
 from .agreement import check_same_options
 from .ddp import ReplicatedBatch
@@ -54,7 +54,7 @@ class _Local:
         local = b.momenta[0]
         shape = (local.shape[0], math.prod(local.shape[1:])) if local.ndim >= 2 else (1, local.numel())
         view = Bucket(shape, b.params, b.grads, b.momenta, b.states, b.names, skip=b.skip)
-        self.D = self.ex.compute_direction(self.optimizer, self.group, view)
+        self.D = self.ex.compute_direction(self.optimizer, self.group, view, factored=True)  # applied here
 
     def finish(self) -> Tensor:
         self.optimizer.directions_done(self.group, self.bucket)
@@ -135,10 +135,12 @@ class DistributedExecutor:
         return [b.finish() for b in batches]
 
     # --- helpers ------------------------------------------------------------------------------
-    def compute_direction(self, optimizer, group: dict, share: Bucket) -> Tensor:
-        """``optimizer.direction`` on this rank's share, counted in :attr:`work`."""
+    def compute_direction(self, optimizer, group: dict, share: Bucket, factored: bool = False) -> Tensor:
+        """``optimizer.direction`` on this rank's share, counted in :attr:`work`; a factored
+        direction (:class:`~steepest.execution.LowRank`) as a tensor unless ``factored``."""
         self.work[share.shape] += len(share.momenta)
-        return optimizer.direction(group, share)
+        D = optimizer.direction(group, share)
+        return D if factored else dense(D)
 
     def count(self, shape: tuple[int, int], rows: int) -> None:
         self.rows[shape] += rows

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..directions.collectives import RowCollectives
-from ..execution import BlockState, Bucket, Executor, LocalExecutor, executor_for, local_tensor
+from ..execution import BlockState, Bucket, Executor, LocalExecutor, LowRank, executor_for, local_tensor
 from .split import matrix_view_shape
 from ..validation import check_bool, check_choice, check_int, check_number
 
@@ -388,12 +388,40 @@ class MatrixOptimizer(Optimizer):
                     column.append(value)
         return list(buckets.values())
 
+    def _apply_low_rank(self, group: dict, bucket: Bucket, params: list[Tensor], D: LowRank, lr, wd, skip: Tensor | None) -> bool:
+        """``W ← (1 − lr·wd)·W − lr·s·L·Rᵀ`` as a rank-``r`` update of each weight (``addr_`` /
+        ``addmm_``): two passes over ``W`` where a dense direction takes five (write ``D``, then read
+        ``W`` and ``D`` and write ``W``). False (nothing done) where a weight has no matrix view."""
+        views = [_stored_matrix(p, bucket.transposed) for p in params]
+        if any(v is None for v in views):
+            return False
+        if wd != 0:
+            decay = 1 - lr * wd
+            if skip is not None:
+                decay = torch.where(skip, 1.0, decay)
+            torch._foreach_mul_(params, decay)
+        coef = -lr * self.lr_scale(group, bucket.shape)  # on the m×r factor (a tensor lr or skip flag too)
+        left = D.left * (coef if skip is None else torch.where(skip, 0.0, coef))
+        for W, l, r in zip(views, left.unbind(0), D.right.unbind(0)):
+            l, r = l.to(W.dtype), r.to(W.dtype)
+            if bucket.transposed:
+                l, r = r, l  # stored (in, out): Wᵀ ← Wᵀ + R·Lᵀ
+            if l.shape[-1] == 1:
+                W.addr_(l[:, 0], r[:, 0])
+            else:
+                W.addmm_(l, r.mT)
+        return True
+
     def _apply(self, group: dict, bucket: Bucket, D: Tensor, skip: Tensor | None) -> None:
         """``W ← W − lr·wd·W − lr·s·D`` (cautious: ``W ← W − lr·wd·[sign D = sign W]·W − lr·s·D``,
         decaying only the entries that the update also moves towards zero; Chen et al. 2025,
         modded-nanogpt record #43); a skipped step changes nothing."""
         lr, wd = scalar_lr(group), group["weight_decay"]
         params = [local_tensor(p) for p in bucket.params]
+        if isinstance(D, LowRank):
+            if not (wd != 0 and group["cautious_weight_decay"]) and self._apply_low_rank(group, bucket, params, D, lr, wd, skip):
+                return
+            D = D.dense()
         if bucket.transposed:
             updates = [d.mT.reshape(p.shape) for d, p in zip(D.unbind(0), params)]
         else:
@@ -410,6 +438,15 @@ class MatrixOptimizer(Optimizer):
             torch._foreach_add_(params, torch._foreach_mul(updates, -lr * scale))
         else:
             torch._foreach_add_(params, updates, alpha=-(lr * scale))
+
+
+def _stored_matrix(p: Tensor, transposed: bool) -> Tensor | None:
+    """A view of ``p`` as the matrix it stores, ``(out, in)`` (for a transposed layout ``(in, out)``:
+    its rows), or None where its strides allow no such view (channels_last)."""
+    try:
+        return p.view(p.shape[0], -1) if p.ndim != 2 else p
+    except RuntimeError:
+        return None
 
 
 def _blocks_of(p: Tensor, g: Tensor, m: Tensor, state: dict, name: str, blocks: int) -> list[tuple]:

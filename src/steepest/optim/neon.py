@@ -10,7 +10,7 @@ from ..directions.fstar import FSTAR_VARIANTS, fstar_adaptive, fstar_block, fsta
 from ..directions.lowrank import random_block
 from ..directions.nuclear import SIGMA_MODES, nuclear_block
 from ..validation import check_bool, check_choice, check_int
-from ..execution import shard_row_start
+from ..execution import LowRank, shard_row_start
 from .base import Bucket, MatrixOptimizer, check_hyperparameter, local_tensor
 from .registry import Registration, register
 
@@ -212,8 +212,13 @@ class Neon(MatrixOptimizer):
             layout["captured"] = (tuple(bucket.shape), dtype)
         return layout
 
-    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+    def direction(self, group: dict, bucket: Bucket) -> Tensor | LowRank:
         device = bucket.momenta[0].device
+        if device.type == "cpu" and group["mode"] == "nuclear" and not group["compile"] and len(bucket.momenta) > 1:
+            # one matrix at a time on views of the momenta: no (k, m, n) copy (CPU BLAS runs the
+            # matrix-vector products as fast one by one); the factors are stacked instead
+            parts = [self._low_rank_direction(group, single, bucket.matrix(single.momenta[0]).unsqueeze(0), LOCAL) for single in bucket.singles()]
+            return LowRank(torch.cat([d.left for d in parts]), torch.cat([d.right for d in parts]))
         M = bucket.stack(scratch=lambda shape, dtype: self.scratch(("stack", shape), shape, dtype, device))
         return self._low_rank_direction(group, bucket, M, LOCAL)
 
@@ -235,13 +240,11 @@ class Neon(MatrixOptimizer):
             V = V[..., :width]
         elif group["mode"] == "nuclear":
             init, iters = self.start_block(group, bucket, width, M)
-            # D straight into its buffer (CPU: kept between steps), unless compiled or cast after
-            whole = ops is LOCAL and not group["compile"] and _precision(M) == M.dtype
-            out = self.direction_buffer(bucket, M.dtype) if whole else None
-            if ops is LOCAL:
-                D, V, C = self.math(group, nuclear_block)(M, init, iters, group["sigma"], capture, out)
-            else:
-                D, V, C = nuclear_block(M, init, iters, group["sigma"], capture, ops=ops)
+            if ops is LOCAL:  # the factors σ₁u₁, v₁: the step adds them as a rank-1 update
+                D, V, C = self.math(group, nuclear_block)(M, init, iters, group["sigma"], capture, factored=True)
+                self._store(bucket, V, None, C)
+                return LowRank(D.left.to(M.dtype), D.right.to(M.dtype))
+            D, V, C = nuclear_block(M, init, iters, group["sigma"], capture, ops=ops)
         else:
             init, iters = self.start_block(group, bucket, width, M)
             D, V, rank, C = fstar_adaptive(
