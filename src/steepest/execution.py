@@ -21,8 +21,8 @@ __all__ = ["Bucket", "BlockState", "LowRank", "dense", "Executor", "LocalExecuto
 
 class LowRank(NamedTuple):
     """A batch of directions in factored form, ``D = left·rightᵀ`` (``left (k, m, r)``, ``right
-    (k, n, r)``): what the low-rank optimizers' ``direction`` may return (Neon's ``σ₁u₁v₁ᵀ`` and
-    ``U[Σ−τ]₊Vᵀ``), so that the step adds it as a rank-``r`` update of each weight instead of
+    (k, n, r)``, in the iteration's precision): what the low-rank optimizers' ``direction`` may
+    return (Neon's ``σ₁u₁v₁ᵀ``, Dion's ``P Q'ᵀ``), so that the step adds it as a rank-``r`` update of each weight instead of
     forming and reading an ``m×n`` direction. Executors that move directions between ranks send
     :func:`dense` ones."""
 
@@ -104,9 +104,10 @@ class Bucket:
 
     def singles(self) -> list["Bucket"]:
         """Each matrix as a bucket of one, its batch this bucket (per-batch decisions stay the batch's)."""
+        grads = self.grads or [None] * len(self.momenta)  # a share moved without its gradients
         return [
-            Bucket(self.shape, [p], [g], [m], [s], [n], batch=self.whole, transposed=self.transposed, skip=self.skip)
-            for p, g, m, s, n in zip(self.params, self.grads, self.momenta, self.states, self.names)
+            Bucket(self.shape, [p], [] if g is None else [g], [m], [s], [n], batch=self.whole, transposed=self.transposed, skip=self.skip)
+            for p, g, m, s, n in zip(self.params, grads, self.momenta, self.states, self.names)
         ]
 
     def stack_state(self, key: str) -> Tensor:

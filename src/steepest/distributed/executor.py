@@ -140,7 +140,7 @@ class DistributedExecutor:
         direction (:class:`~steepest.execution.LowRank`) as a tensor unless ``factored``."""
         self.work[share.shape] += len(share.momenta)
         D = optimizer.direction(group, share)
-        return D if factored else dense(D)
+        return D if factored else dense(D).to(share.momenta[0].dtype)
 
     def count(self, shape: tuple[int, int], rows: int) -> None:
         self.rows[shape] += rows

@@ -391,10 +391,11 @@ class MatrixOptimizer(Optimizer):
     def _apply_low_rank(self, group: dict, bucket: Bucket, params: list[Tensor], D: LowRank, lr, wd, skip: Tensor | None) -> bool:
         """``W ← (1 − lr·wd)·W − lr·s·L·Rᵀ`` as a rank-``r`` update of each weight (``addr_`` /
         ``addmm_``): two passes over ``W`` where a dense direction takes five (write ``D``, then read
-        ``W`` and ``D`` and write ``W``). False (nothing done) where a weight has no matrix view."""
+        ``W`` and ``D`` and write ``W``). False (nothing done) where a weight has no matrix view, or
+        where the factors' precision is not the weights' (bf16 weights, float32 factors)."""
         views = [_stored_matrix(p, bucket.transposed) for p in params]
-        if any(v is None for v in views):
-            return False
+        if any(v is None for v in views) or params[0].dtype != D.left.dtype:
+            return False  # no matrix view; or low-precision weights, which add the float32-formed D rounded once
         if wd != 0:
             decay = 1 - lr * wd
             if skip is not None:
@@ -403,7 +404,6 @@ class MatrixOptimizer(Optimizer):
         coef = -lr * self.lr_scale(group, bucket.shape)  # on the m×r factor (a tensor lr or skip flag too)
         left = D.left * (coef if skip is None else torch.where(skip, 0.0, coef))
         for W, l, r in zip(views, left.unbind(0), D.right.unbind(0)):
-            l, r = l.to(W.dtype), r.to(W.dtype)
             if bucket.transposed:
                 l, r = r, l  # stored (in, out): Wᵀ ← Wᵀ + R·Lᵀ
             if l.shape[-1] == 1:
@@ -421,7 +421,7 @@ class MatrixOptimizer(Optimizer):
         if isinstance(D, LowRank):
             if not (wd != 0 and group["cautious_weight_decay"]) and self._apply_low_rank(group, bucket, params, D, lr, wd, skip):
                 return
-            D = D.dense()
+            D = D.dense().to(params[0].dtype)
         if bucket.transposed:
             updates = [d.mT.reshape(p.shape) for d, p in zip(D.unbind(0), params)]
         else:

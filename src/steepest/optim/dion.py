@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from ..directions.collectives import LOCAL, RowCollectives
-from ..directions.dion import DionFactors, dion_rank, dion_update, error_feedback, initial_basis, next_basis
+from ..directions.dion import DionFactors, dion_rank, dion_update, error_feedback, initial_basis, next_basis, power_step
 from ..directions.spectral import SPECTRAL_SCALES, spectral_scale
 from ..validation import check_choice, check_number
-from ..execution import shard_row_start
+from ..execution import LowRank, shard_row_start
 from .base import Bucket, MatrixOptimizer, local_tensor
 from .registry import Registration, register
 
@@ -118,7 +118,7 @@ class Dion(MatrixOptimizer):
         dtype = _precision(bucket.params[0].dtype)
         return {"dion_Q": ((n, r), dtype), "dion_P": ((m, r), dtype), "dion_norms": ((r,), dtype)}
 
-    def direction(self, group: dict, bucket: Bucket) -> Tensor:
+    def direction(self, group: dict, bucket: Bucket) -> Tensor | LowRank:
         return self._power_direction(group, bucket, bucket.stack(), LOCAL)
 
     def row_shard_direction(self, group: dict, bucket: Bucket):
@@ -129,8 +129,10 @@ class Dion(MatrixOptimizer):
         """``P Qᵀ`` of ``B`` (``(k, m, n)``, or this rank's rows with row-split ``ops``); ``Q``,
         ``P`` (whole columns: this rank's rows in place, zeros elsewhere) and norms into the states."""
         previous = self.previous_basis(group, bucket, _precision(B.dtype), B.device)
-        if ops is LOCAL:
-            D, factors = self.math(group, dion_update)(B, previous)
+        if ops is LOCAL:  # the factors: the step adds P Q'ᵀ as a rank-r update
+            factors = self.math(group, power_step)(B, previous)
+            self.store_factors(bucket, previous, factors)
+            return LowRank(factors.P, factors.Q)  # in the iteration's precision: bf16 weights add it formed
         else:
             D, factors = dion_update(B, previous, ops)
             m, rows = bucket.shape[0], factors.P.shape[-2]

@@ -243,7 +243,7 @@ class Neon(MatrixOptimizer):
             if ops is LOCAL:  # the factors σ₁u₁, v₁: the step adds them as a rank-1 update
                 D, V, C = self.math(group, nuclear_block)(M, init, iters, group["sigma"], capture, factored=True)
                 self._store(bucket, V, None, C)
-                return LowRank(D.left.to(M.dtype), D.right.to(M.dtype))
+                return D  # factors in the iteration's precision: bf16 weights add it formed
             D, V, C = nuclear_block(M, init, iters, group["sigma"], capture, ops=ops)
         else:
             init, iters = self.start_block(group, bucket, width, M)

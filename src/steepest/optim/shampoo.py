@@ -162,6 +162,7 @@ class Shampoo(MatrixOptimizer):
         """The roots of the stale matrices' statistics, in one batch, and the statistics' traces they
         were computed from (per block); statistics that overflowed are an error naming the matrix."""
         m, n = bucket.shape
+        out = {}
         for key, d in (("L", m), ("R", n)):
             stats = torch.stack([s[key] for s in stale])
             finite = torch.isfinite(stats).flatten(1).all(dim=1)
@@ -171,10 +172,11 @@ class Shampoo(MatrixOptimizer):
                     f"Shampoo: the statistics of parameter {name} overflowed {stats.dtype} (gradient entries near 1e19 or above); "
                     "scale the loss down, or clip gradients"
                 )
-            roots = block_inverse_root(stats, d, 4, group["eps"])
-            traces = torch.diagonal(stats, dim1=-2, dim2=-1).sum(-1)
-            for s, r, t in zip(stale, roots.unbind(0), traces.unbind(0)):
-                s[key + "_root"], s[key + "_root_trace"] = r, t
+            out[key + "_root"] = block_inverse_root(stats, d, 4, group["eps"])
+            out[key + "_root_trace"] = torch.diagonal(stats, dim1=-2, dim2=-1).sum(-1)
+        for key in ("L_root", "R_root", "L_root_trace", "R_root_trace"):  # direction_state's order, as other ranks store them
+            for s, value in zip(stale, out[key].unbind(0)):
+                s[key] = value
 
     @staticmethod
     def _staleness(bucket: Bucket, key: str) -> Tensor:
