@@ -524,6 +524,8 @@ def _warn_damaged(runs) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from steepest.optim.registry import split_names
+
     from .plots import FIGURE_FORMATS, plot_results
     from .results import load_runs
 
@@ -531,7 +533,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not runs:
         raise BenchError(f"no runs found under {args.dir}")
     _warn_damaged(runs)
-    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
+    names = [n.strip() for n in split_names(args.optimizers) if n.strip()] if args.optimizers else None
     if names:
         missing = sorted(set(names) - {r.config.optimizer for r in runs})
         if missing:
