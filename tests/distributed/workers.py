@@ -28,6 +28,9 @@ def _test_options(name: str) -> dict:
 
 OPTIMIZERS = {name: (registration(name).factory, _test_options(name)) for name in registered(matrix=True, peer=False)}
 OPTIMIZERS["neon-fstar-dense"] = (steepest.Neon, dict(lr=0.05, mode="fstar"))
+# cautious weight decay (every matrix optimizer's option) under DDP and FSDP2: its mask reads D and W
+OPTIMIZERS["muon-cautious"] = (steepest.Muon, dict(lr=0.02, weight_decay=0.5, cautious_weight_decay=True))
+OPTIMIZERS["normuon-cautious"] = (steepest.NorMuon, dict(lr=0.02, weight_decay=0.5, cautious_weight_decay=True))
 STEPS = 4
 
 
