@@ -1,7 +1,9 @@
 """The CPU path's reused buffers (MatrixOptimizer.scratch): Muon orthogonalises one matrix at a time
 into buffers kept between steps, and the Nesterov momentum is written into kept buffers. Results
 must equal the batched, freshly allocated computation, also when shapes interleave, a gradient
-comes and goes, and a parameter is stored transposed or as a conv weight."""
+comes and goes, and a parameter is stored transposed or as a conv weight. The CPU step runs unit
+by unit (momentum just before its direction, applied right after): bit for bit the values of every
+direction first, with kept buffers bounded by the largest unit."""
 
 import math
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from steepest import Muon, Neon
+from steepest import Dion, Muon, Neon, NorMuon, Shampoo
 from steepest.directions.msgn import msgn_polynomial
 from steepest.directions.spectral import spectral_scale
 
@@ -107,3 +109,119 @@ def test_release_buffers_frees_them_and_the_next_step_is_unchanged():
             opt_b.release_buffers()
             assert not getattr(opt_b, "_scratch", None)
     torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=0)
+
+
+# --- the streamed CPU step (MatrixOptimizer._step_units): bounded buffers, unchanged values ----------
+
+LAYOUT = [(512, 256), (512, 256), (256, 1024), (256, 64, 3, 3), (128, 128), (128, 128)]
+
+
+def _groups(gen, param_dtype=torch.float32):
+    """Plain, transposed (stored (in, out)) and expert-bank (matrix_blocks) parameters."""
+    plain = [nn.Parameter((torch.randn(s, generator=gen) / math.sqrt(math.prod(s[1:]))).to(param_dtype)) for s in LAYOUT]
+    stored_in_out = nn.Parameter((torch.randn(256, 512, generator=gen) / 16).to(param_dtype))
+    experts = nn.Parameter((torch.randn(3, 256, 256, generator=gen) / 16).to(param_dtype))
+    return [dict(params=plain), dict(params=[stored_in_out], transposed=True), dict(params=[experts], matrix_blocks=3)]
+
+
+OPTIMIZERS = {
+    "muon-bf16": lambda g: Muon(g, lr=0.02, msgn_dtype=torch.bfloat16, nonfinite="skip"),
+    "muon-float32": lambda g: Muon(g, lr=0.02, msgn_dtype=torch.float32, nonfinite="skip"),
+    "muon-cautious-wd": lambda g: Muon(g, lr=0.02, msgn_dtype=torch.bfloat16, weight_decay=0.1, cautious_weight_decay=True, nonfinite="skip"),
+    "muon-classical": lambda g: Muon(g, lr=0.02, nesterov=False, msgn_dtype=torch.bfloat16, weight_decay=0.1, nonfinite="skip"),
+    "normuon": lambda g: NorMuon(g, lr=0.02, msgn_dtype=torch.bfloat16, nonfinite="skip"),
+    "neon-nuclear": lambda g: Neon(g, lr=0.1, mode="nuclear", weight_decay=0.1, nonfinite="skip"),
+    "neon-fstar": lambda g: Neon(g, lr=0.1, mode="fstar", nonfinite="skip"),
+    "neon-nuclear-ef": lambda g: Neon(g, lr=0.1, mode="nuclear", nesterov=False, error_feedback=True, nonfinite="skip"),
+    "dion": lambda g: Dion(g, lr=0.02, nonfinite="skip"),
+    "shampoo": lambda g: Shampoo(g, lr=1e-3, update_every=2, nonfinite="skip"),
+}
+
+
+def _run(make, streamed: bool, steps: int = 4, param_dtype=torch.float32):
+    """Steps with gradients that come and go and one NaN gradient (a skipped step); the optimizer and
+    its parameters after them."""
+    groups = _groups(torch.Generator().manual_seed(4), param_dtype)
+    opt = make(groups)
+    opt.stream_cpu_steps = streamed
+    params = [p for g in opt.param_groups for p in g["params"]]
+    gen = torch.Generator().manual_seed(5)
+    for t in range(steps):
+        for i, p in enumerate(params):
+            p.grad = None if (i + t) % 4 == 3 else torch.randn(p.shape, generator=gen).to(p.dtype)
+        if t == 2:
+            params[0].grad[0, 0] = float("nan")
+        opt.step()
+    return opt, params
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_streamed_step_is_bit_identical_to_all_directions_first(name):
+    """Unit by unit (momentum just before its direction, the direction applied right after) gives
+    the same bits as forming every momentum and direction first: the arithmetic is the same."""
+    a, pa = _run(OPTIMIZERS[name], streamed=True)
+    b, pb = _run(OPTIMIZERS[name], streamed=False)
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+    for p, q in zip(pa, pb):
+        sa, sb = a.state[p], b.state[q]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if isinstance(sa[key], torch.Tensor):
+                assert torch.equal(sa[key], sb[key]), key
+
+
+def test_streamed_step_bf16_parameters_bit_identical():
+    a, pa = _run(OPTIMIZERS["muon-bf16"], streamed=True, steps=3, param_dtype=torch.bfloat16)
+    b, pb = _run(OPTIMIZERS["muon-bf16"], streamed=False, steps=3, param_dtype=torch.bfloat16)
+    assert all(torch.equal(p, q) for p, q in zip(pa, pb))
+
+
+def _kept_bytes(opt) -> int:
+    return sum(t.numel() * t.element_size() for t in opt.__dict__.get("_scratch", {}).values())
+
+
+def _layers(count: int, gen) -> list[nn.Parameter]:
+    """``count`` layers of a small transformer's hidden matrices (fused qkv, out, MLP up, down) at width 256."""
+    d = 256
+    return [nn.Parameter(torch.randn(s, generator=gen) / math.sqrt(s[1])) for _ in range(count) for s in [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]]
+
+
+def _step_layers(make, count: int, streamed: bool = True):
+    gen = torch.Generator().manual_seed(6)
+    params = _layers(count, gen)
+    opt = make(params)
+    opt.stream_cpu_steps = streamed
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    return opt, params
+
+
+def test_muon_kept_buffers_are_one_matrix_whatever_the_depth():
+    """Muon one matrix at a time (bf16 on a CPU): the kept bytes are a fixed number of copies of the
+    largest matrix, whatever the number of layers: the float32 momentum and direction workspaces
+    (4 + 4 bytes an entry), the bf16 cast and two iterates (3·2 bytes) and the two bf16 Gram-sized
+    products (2·2 bytes an entry of a min(m, n)² matrix)."""
+    make = lambda p: Muon(p, lr=0.02, msgn_dtype=torch.bfloat16)  # noqa: E731
+    kept = [_kept_bytes(_step_layers(make, count)[0]) for count in (1, 3)]
+    largest, side = 4 * 256 * 256, 256
+    bound = (4 + 4 + 3 * 2) * largest + 2 * 2 * side * side
+    assert kept[0] == kept[1] <= bound
+    unbounded = _kept_bytes(_step_layers(make, 3, streamed=False)[0])
+    weights = 3 * 4 * (3 + 1 + 4 + 4) * 256 * 256
+    assert unbounded > weights > 2 * kept[1]  # all directions first: a momentum and a direction per matrix
+
+
+BATCHED = [lambda p: Muon(p, lr=0.02, msgn_dtype=torch.float32), lambda p: Neon(p, lr=0.1, mode="nuclear")]
+
+
+@pytest.mark.parametrize("make", BATCHED, ids=["muon-float32", "neon-nuclear"])
+def test_batched_kept_buffers_are_the_largest_bucket(make):
+    """A batched direction (a float32 iteration, Neon): the momentum workspace holds the largest
+    bucket (same-shape matrices), not every matrix."""
+    opt, params = _step_layers(make, 3)
+    largest_bucket = 3 * 4 * 4 * 256 * 256  # 3 layers × the (1024, 256) matrix, float32
+    assert _kept_bytes(opt) <= 2 * largest_bucket
+    assert _kept_bytes(opt) < sum(p.numel() * p.element_size() for p in params)

@@ -13,6 +13,11 @@ Each step, per param group:
 No step reads a device value back to the host except ``nonfinite="raise"`` (one read per step)
 and what the subclasses document.
 
+On a CPU in one process, steps 3–5 run batch by batch (:meth:`~MatrixOptimizer.local_units`:
+Muon's one-at-a-time matrices one by one): a batch's ``M`` is formed just before its ``D``, and
+``D`` applied right after it, so that the buffers kept between steps (:meth:`~MatrixOptimizer.workspace`)
+hold one batch's results, not every matrix's; the values are those of steps 3–5 run in turn.
+
 Where step 4's directions are computed is the optimizer's :attr:`~MatrixOptimizer.executor`
 (:mod:`steepest.execution`): this process (:class:`~steepest.execution.LocalExecutor`), or, when a
 process group with several ranks is initialised, split across the ranks (:mod:`steepest.distributed`,
@@ -38,6 +43,7 @@ from ..validation import check_bool, check_choice, check_int, check_number
 __all__ = ["MatrixOptimizer", "Bucket", "LocalExecutor", "local_tensor", "NonFiniteGradientError", "NONFINITE_MODES", "check_hyperparameter", "restore_state_dtypes"]
 
 NONFINITE_MODES = ("raise", "skip", "ignore")
+WORKSPACE_ALIGNMENT = 64  # bytes: the alignment of torch's CPU allocations, kept by every workspace view
 
 
 class NonFiniteGradientError(ValueError):
@@ -75,6 +81,9 @@ class MatrixOptimizer(Optimizer):
     min_ndim = 2
     elementwise = False  # True: direction() acts entry by entry (computed locally, even distributed)
     prepares_with_gradients = False  # True: prepare_directions reads bucket.grads (row shards gather them whole first)
+    # on a CPU in one process, step unit by unit (_step_units), so that the kept buffers are one unit's;
+    # False: every momentum and direction first, then every update (the distributed executors' order)
+    stream_cpu_steps = True
 
     # state that lives in the parameter's dtype (a load casts it, as torch does); all other state
     # tensors keep the dtype they were saved with (float32 statistics of a bf16 model, int ranks)
@@ -300,13 +309,41 @@ class MatrixOptimizer(Optimizer):
         if skip is not None:
             grads = [g.masked_fill(skip, 0) for g in grads]
         grads = self.transform_gradients(group, params, grads, states)
-        momenta = self.update_momentum(group, grads, states, skip)
-        buckets = self._buckets(params, grads, momenta, states, names, skip)
-        for bucket, D in zip(buckets, self.executor.directions(self, group, buckets)):
-            if skip is not None:
-                D = D.masked_fill(skip, 0)
-            self._apply(group, bucket, D, skip)
+        if self.stream_cpu_steps and grads[0].device.type == "cpu" and isinstance(self.executor, LocalExecutor):
+            self._step_units(group, params, grads, states, names, skip)
+        else:
+            momenta = self.update_momentum(group, grads, states, skip)
+            buckets = self._buckets(params, grads, momenta, states, names, skip)
+            for bucket, D in zip(buckets, self.executor.directions(self, group, buckets)):
+                if skip is not None:
+                    D = D.masked_fill(skip, 0)
+                self._apply(group, bucket, D, skip)
         torch._foreach_add_([s["step"] for s in states], 1.0)
+
+    def _step_units(self, group: dict, params: list[Tensor], grads: list[Tensor], states: list[dict], names: list[str], skip: Tensor | None) -> None:
+        """The CPU step in this process, one unit (:meth:`local_units`) after another: the unit's
+        momentum ``M`` is formed just before its direction, and the direction applied right after
+        it, so that one momentum workspace and one direction workspace (:meth:`workspace`) serve
+        every unit. The same values as forming every ``M`` and every ``D`` first: momentum updates
+        act entry by entry, and no direction reads a weight."""
+        self._streaming = True
+        try:
+            for bucket in self._buckets(params, grads, grads, states, names, skip):  # momenta: set per unit
+                for unit in self.local_units(group, bucket):
+                    unit.momenta = self.update_momentum(group, unit.grads, unit.states, skip)
+                    (D,) = self.executor.directions(self, group, [unit])
+                    if skip is not None:
+                        D = D.masked_fill(skip, 0)
+                    self._apply(group, unit, D, skip)
+        finally:
+            self._streaming = False
+
+    def local_units(self, group: dict, bucket: Bucket) -> list[Bucket]:
+        """How the single-process CPU step splits a batch into units that are computed and applied
+        one after another (:meth:`_step_units`): the batch itself by default. Split it only where a
+        unit's direction is the same arithmetic as within the batch (Muon's one-at-a-time matrices:
+        ``bucket.singles()``)."""
+        return [bucket]
 
     @property
     def executor(self) -> Executor:
@@ -336,10 +373,22 @@ class MatrixOptimizer(Optimizer):
             return bufs
         if bufs[0].device.type != "cpu":
             return torch._foreach_lerp(grads, bufs, mu)
-        return [
-            torch.lerp(g, b, mu, out=self.scratch(("nesterov", id(s)), b.shape, torch.result_type(g, b), b.device))
-            for g, b, s in zip(grads, bufs, states)
-        ]
+        return [torch.lerp(g, b, mu, out=out) for g, b, out in zip(grads, bufs, self._nesterov_outputs(group, grads, bufs))]
+
+    def _nesterov_outputs(self, group: dict, grads: list[Tensor], bufs: list[Tensor]) -> list[Tensor]:
+        """Where the CPU Nesterov momenta go: views of one :meth:`workspace` per dtype, shared by the
+        units of a streamed step (:meth:`_step_units`: one unit's momenta at a time), else one per
+        param group (its momenta live until its directions are computed, and the modular
+        optimizer's dual step keeps every group's)."""
+        group_index = next((i for i, g in enumerate(self.param_groups) if g is group), -1)
+        name = ("nesterov",) if self.__dict__.get("_streaming") else ("nesterov", group_index)
+        dtypes = [torch.result_type(g, b) for g, b in zip(grads, bufs)]
+        out: list[Tensor] = [bufs[0]] * len(bufs)
+        for dtype in dict.fromkeys(dtypes):
+            idx = [i for i, d in enumerate(dtypes) if d == dtype]
+            for i, view in zip(idx, self.workspace(name, [bufs[i].shape for i in idx], dtype, bufs[0].device)):
+                out[i] = view
+        return out
 
     def release_buffers(self) -> None:
         """Free the CPU buffers that :meth:`scratch` keeps between steps (the next step allocates
@@ -347,11 +396,37 @@ class MatrixOptimizer(Optimizer):
         self.__dict__.pop("_scratch", None)
 
     def direction_buffer(self, bucket: Bucket, dtype: torch.dtype) -> Tensor:
-        """A :meth:`scratch` buffer for the bucket's ``(k, m, n)`` direction, one per bucket (keyed by
+        """A kept CPU buffer for the bucket's ``(k, m, n)`` direction: in a streamed step
+        (:meth:`_step_units`, each direction applied before the next is computed) one
+        :meth:`workspace` for every bucket; otherwise one :meth:`scratch` buffer per bucket (keyed by
         its first parameter: the directions of all buckets of a group live until they are applied)."""
-        key = ("direction", *bucket.matrix_keys()[:1])
+        shape = (len(bucket.momenta), *bucket.shape)
         device = bucket.momenta[0].device if bucket.momenta else torch.device("cpu")
-        return self.scratch(key, (len(bucket.momenta), *bucket.shape), dtype, device)
+        if self.__dict__.get("_streaming"):
+            return self.workspace(("direction",), [shape], dtype, device)[0]
+        return self.scratch(("direction", *bucket.matrix_keys()[:1]), shape, dtype, device)
+
+    def workspace(self, name: tuple, shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+        """Uninitialised tensors of ``shapes`` for results that are used up before the next request
+        of the same ``name``: on a CPU, views of one flat buffer per ``(name, dtype)``, kept between
+        steps and grown to the largest request (so the kept bytes are the largest request's, whatever
+        the number of requests), each view starting at a multiple of 64 bytes as a fresh tensor
+        does; elsewhere new tensors. A request overwrites the previous request's values."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            return [torch.empty(s, dtype=dtype, device=device) for s in shapes]
+        align = max(1, WORKSPACE_ALIGNMENT // torch.empty((), dtype=dtype).element_size())
+        starts, total = [], 0
+        for s in shapes:
+            starts.append(total)
+            total += -(-math.prod(s) // align) * align
+        cache = self.__dict__.setdefault("_scratch", {})
+        key = (*name, dtype)  # a scratch key never ends with a dtype
+        flat = cache.get(key)
+        if flat is None or flat.numel() < total:
+            cache.pop(key, None)  # free the smaller one before allocating its replacement
+            flat = cache[key] = torch.empty(total, dtype=dtype, device=device)
+        return [flat[a : a + math.prod(s)].view(s) for a, s in zip(starts, shapes)]
 
     def scratch(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised buffer for a result used within this step only. On a CPU it is kept

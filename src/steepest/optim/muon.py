@@ -105,20 +105,34 @@ class Muon(MatrixOptimizer):
         steps = group["ns_steps"] if group["msgn_method"] != "svd" else 4
         return float(steps * (4 * a * a * b + 2 * a**3))
 
+    def one_at_a_time(self, group: dict, bucket: Bucket) -> bool:
+        """Whether the bucket's matrices are orthogonalised one at a time with 2-D products into kept
+        buffers: on a CPU, iterating in bf16/fp16, both sides ≥ ``CPU_ONE_AT_A_TIME``, not compiled."""
+        device = bucket.momenta[0].device if bucket.momenta else bucket.params[0].device
+        dtype = group["msgn_dtype"] or default_iteration_dtype(device)
+        on_cpu = device.type == "cpu" and not group["compile"]
+        return on_cpu and group["msgn_method"] != "svd" and dtype in HALF_DTYPES and min(bucket.shape) >= CPU_ONE_AT_A_TIME
+
+    def local_units(self, group: dict, bucket: Bucket) -> list[Bucket]:
+        """One matrix at a time where :meth:`one_at_a_time` (each direction is computed alone
+        anyway), so that the kept buffers hold one matrix; else the batch."""
+        return bucket.singles() if self.one_at_a_time(group, bucket) else [bucket]
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor:
         if group["msgn_method"] == "svd":
             return msgn(bucket.stack(), method="svd", check_finite=False)
         momentum = bucket.momenta[0]
         dtype = group["msgn_dtype"] or default_iteration_dtype(momentum.device)
         method, steps = group["msgn_method"], group["ns_steps"]
-        if momentum.device.type == "cpu" and not group["compile"] and dtype in HALF_DTYPES and min(bucket.shape) >= CPU_ONE_AT_A_TIME:
+        if self.one_at_a_time(group, bucket):
             # one matrix at a time, with 2-D products: CPU BLAS runs them at least as fast as a batched
             # call, and no (k, m, n) stack is copied; every product and the (k, m, n) result go into
-            # buffers kept between steps (fresh ones would be paged in again on every step)
+            # buffers kept between steps (fresh ones would be paged in again on every step), one
+            # workspace per product, reused by every matrix and shape
             D = self.direction_buffer(bucket, momentum.dtype)
 
             def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-                return self.scratch(("msgn", name, shape), shape, dtype, momentum.device)
+                return self.workspace(("msgn", name), [shape], dtype, momentum.device)[0]
 
             for slot, m in zip(D.unbind(0), bucket.momenta):
                 msgn_polynomial(bucket.matrix(m), method, steps, dtype, out=slot, scratch=scratch)
