@@ -481,6 +481,7 @@ class MatrixOptimizer(Optimizer):
         for W, l, r in zip(views, left.unbind(0), D.right.unbind(0)):
             if bucket.transposed:
                 l, r = r, l  # stored (in, out): Wᵀ ← Wᵀ + R·Lᵀ
+            l, r = l.contiguous(), r.contiguous()  # m + n numbers: one kernel whatever the factors' strides
             if l.shape[-1] == 1:
                 W.addr_(l[:, 0], r[:, 0])
             else:

@@ -212,9 +212,18 @@ class Neon(MatrixOptimizer):
             layout["captured"] = (tuple(bucket.shape), dtype)
         return layout
 
+    @staticmethod
+    def _one_at_a_time(group: dict, bucket: Bucket) -> bool:
+        """Nuclear on a CPU: each matrix's rank-1 iteration on its own (views, no (k, m, n) copy)."""
+        return bucket.momenta[0].device.type == "cpu" and group["mode"] == "nuclear" and not group["compile"] and len(bucket.momenta) > 1
+
+    def local_units(self, group: dict, bucket: Bucket) -> list[Bucket]:
+        """One matrix at a time where :meth:`_one_at_a_time`, so that the kept buffers hold one matrix."""
+        return bucket.singles() if self._one_at_a_time(group, bucket) else [bucket]
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor | LowRank:
         device = bucket.momenta[0].device
-        if device.type == "cpu" and group["mode"] == "nuclear" and not group["compile"] and len(bucket.momenta) > 1:
+        if self._one_at_a_time(group, bucket):
             # one matrix at a time on views of the momenta: no (k, m, n) copy (CPU BLAS runs the
             # matrix-vector products as fast one by one); the factors are stacked instead
             parts = [self._low_rank_direction(group, single, bucket.matrix(single.momenta[0]).unsqueeze(0), LOCAL) for single in bucket.singles()]
