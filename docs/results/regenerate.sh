@@ -12,7 +12,7 @@ steepest-bench plot "$R/digits-cnn" --optimizers muon,neon-nuclear,neon-fstar,ne
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,neon-nuclear,neon-fstar,neon-nuclear-ef,neon-fstar-ef,adamw,dion --name claim3 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,newton-muon --name claim4 --formats png
 steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,adamw --name claim5 --formats png
-steepest-bench plot "$R/shakespeare-gpt" --optimizers muon,normuon --name claim8 --formats png
+steepest-bench plot "$R/shakespeare-gpt" --optimizers "muon,normuon,muon(weight_decay=0.03,cautious_weight_decay=False),muon(weight_decay=0.03,cautious_weight_decay=True),normuon(weight_decay=0.03,cautious_weight_decay=False),normuon(weight_decay=0.3,cautious_weight_decay=True)" --name claim8 --formats png
 python "$R/claims.py" "$R" > "$R/shakespeare-gpt/claims.md"
 python "$R/defaults.py" "$R" > "$R/defaults.md"
 steepest-bench plot "$R/transfer" --transfer --name claim7 --formats png

@@ -61,6 +61,18 @@ steepest-bench run --task shakespeare-gpt --optimizers neon-nuclear --lr neon-nu
 steepest-bench sweep $S --optimizer normuon --lrs 0.00667,0.02,0.06
 steepest-bench run   $S --optimizers normuon --seeds 3 --lr-from-sweep $R
 
+# 2026-12-04, later (issue 22 §4): weight decay with and without cautious decay, Muon and NorMuon at
+# their best rate 0.02: seed 0 over wd 0.03/0.1/0.3 (wd 0 is the runs above), 1.0 added for cautious
+# NorMuon (0.3 was the edge), then 3 seeds at each arm's best wd. Variants are optimizer names with options.
+for O in muon normuon; do
+  for WD in 0.03 0.1 0.3; do
+    for C in False True; do steepest-bench run $S --optimizers "$O(weight_decay=$WD,cautious_weight_decay=$C)" --seeds 1; done
+  done
+done
+steepest-bench run $S --optimizers "normuon(weight_decay=1.0,cautious_weight_decay=True)" --seeds 1
+steepest-bench run $S --optimizers "muon(weight_decay=0.03,cautious_weight_decay=False),muon(weight_decay=0.03,cautious_weight_decay=True)" --seeds 3
+steepest-bench run $S --optimizers "normuon(weight_decay=0.03,cautious_weight_decay=False),normuon(weight_decay=0.3,cautious_weight_decay=True)" --seeds 3
+
 # Thin the metrics to every 10th step (evaluations kept) before committing: a few MB in all.
 steepest-bench thin $R --every 10
 bash $R/regenerate.sh
