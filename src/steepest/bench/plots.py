@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def hardware_of(runs: list[Run]) -> str:
         machines.setdefault(describe_hardware(run_env(run)), set()).add(run.config.optimizer)
     if len(machines) == 1:
         return next(iter(machines))
-    return "runs on several machines:\n" + "\n".join(f"{hw}: {', '.join(sorted(opts))}" for hw, opts in machines.items())
+    lines = [textwrap.fill(f"{hw}: {', '.join(sorted(opts))}", 160, subsequent_indent="    ") for hw, opts in machines.items()]
+    return "runs on several machines:\n" + "\n".join(lines)
 
 
 def plot_task(
