@@ -7,6 +7,7 @@ float lr is a constant that recompiles when a scheduler changes it)::
     def step():
         opt.step()
 
+and ``nonfinite="skip"`` (``"raise"`` reads one flag back per step by design: ``--nonfinite raise``),
 it reports what ``torch._dynamo.explain`` finds (graphs and graph breaks, with the first break's
 reason), the wall time of the first compiled call (compilation included), and the median time of
 a compiled and of an eager step. Each optimizer runs in its own subprocess (fresh Dynamo caches).
@@ -18,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -44,7 +46,7 @@ def _median_ms(fn, device: torch.device, repeats: int = 10) -> float:
     return 1e3 * statistics.median(times)
 
 
-def measure(name: str, device: torch.device) -> dict:
+def measure(name: str, device: torch.device, nonfinite: str) -> dict:
     import torch._dynamo
 
     import steepest.bench  # noqa: F401  (registers the peers)
@@ -53,7 +55,8 @@ def measure(name: str, device: torch.device) -> dict:
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(*s, device=device) * 0.02) for s in SHAPES]
     r = registration(name)
-    opt = r.build([(f"w{i}", p) for i, p in enumerate(params)], lr=torch.tensor(r.default_lr, device=device))
+    kw = {"nonfinite": nonfinite} if "nonfinite" in inspect.signature(r.factory).parameters else {}
+    opt = r.build([(f"w{i}", p) for i, p in enumerate(params)], lr=torch.tensor(r.default_lr, device=device), **kw)
     for p in params:
         p.grad = torch.randn_like(p)
 
@@ -83,21 +86,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--optimizers", default=",".join(DEFAULT))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--nonfinite", default="skip", choices=("raise", "skip", "ignore"),
+                   help="the optimizers' nonfinite mode (raise: one host read per step, a graph break by design)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # in a subprocess: print one JSON line
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.one:
-        print(json.dumps(measure(args.one, device)))
+        print(json.dumps(measure(args.one, device, args.nonfinite)))
         return
     sys.path.insert(0, os.path.dirname(__file__))
     from common import cpu_description
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
-    print(f"{where}; torch {torch.__version__}\n")
+    print(f"{where}; torch {torch.__version__}; nonfinite={args.nonfinite!r}\n")
     print("| optimizer | graphs | graph breaks | first break | first call (compile) s | compiled step ms | eager step ms |")
     print("|---|---|---|---|---|---|---|")
     for name in args.optimizers.split(","):
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device], capture_output=True, text=True)
+        cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--nonfinite", args.nonfinite]
+        out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else str(out.returncode)
             print(f"| {name} | failed: {last[:150]} | | | | | |")

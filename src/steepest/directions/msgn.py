@@ -85,6 +85,7 @@ Scratch = Callable[[str, tuple[int, ...], torch.dtype], Tensor]  # (name, shape,
 CPU_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 
 
+@torch.compiler.assume_constant_result  # a compiled step takes it as a constant: no graph break
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively: AMX tiles or AVX512-BF16, as reported by
     ``torch.cpu._is_amx_tile_supported()`` / ``torch.cpu._is_avx512_bf16_supported()`` (a probe

@@ -382,7 +382,7 @@ class MatrixOptimizer(Optimizer):
         optimizer's dual step keeps every group's)."""
         group_index = next((i for i, g in enumerate(self.param_groups) if g is group), -1)
         name = ("nesterov",) if self.__dict__.get("_streaming") else ("nesterov", group_index)
-        dtypes = [torch.result_type(g, b) for g, b in zip(grads, bufs)]
+        dtypes = [torch.promote_types(g.dtype, b.dtype) for g, b in zip(grads, bufs)]  # on dtypes: no graph break
         out: list[Tensor] = [bufs[0]] * len(bufs)
         for dtype in dict.fromkeys(dtypes):
             idx = [i for i, d in enumerate(dtypes) if d == dtype]

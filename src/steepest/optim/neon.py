@@ -330,7 +330,7 @@ class Neon(MatrixOptimizer):
             if "captured_left" in state:  # σ₁u₁v₁ᵀ as a broadcast product (a K=1 matmul is slow on CPU BLAS)
                 left, right = state.pop("captured_left"), state.pop("captured_right")
                 shape = (left.shape[0], right.shape[0])
-                out = self.scratch(("captured", shape), shape, torch.result_type(left, right), left.device)
+                out = self.scratch(("captured", shape), shape, torch.promote_types(left.dtype, right.dtype), left.device)
                 C = torch.mul(left, right.mT, out=out)
             B = bucket.matrix(buf)  # (out, in), also of weights stored (in, out); a row shard's rows
             if C.shape[-2] != B.shape[-2]:  # whole C from the matrix's owner: this rank's rows of it
