@@ -397,6 +397,9 @@ def test_init_modular_reaches_the_model_and_its_own_folder(capsys, tmp_path):
     assert cfg.init == "modular" and run_dir(tmp_path, cfg) == ours
     assert (tmp_path / "digits-mlp" / "scion" / f"lr={lr}" / "seed=0" / "result.json").exists()
     assert main([*argv, "--init", "modular", "--resume"]) == 0  # found again under its folder
+    from steepest.bench.results import load_runs, task_dir
+
+    assert {task_dir(r) for r in load_runs(tmp_path)} == {tmp_path / "digits-mlp"}  # reports and figures go there
     task = get_task("digits-mlp")
     from steepest.bench.models import MLP
 

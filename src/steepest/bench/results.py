@@ -163,8 +163,9 @@ def thin_metrics(root: str | os.PathLike, every: int) -> tuple[int, int]:
 
 
 def task_dir(run: Run) -> Path:
-    """The ``OUT/<task>`` folder of a run (``.../[sweep/]<optimizer>/lr=<lr>/seed=<k>``)."""
-    return run.path.parents[3] if run.config.kind == "sweep" else run.path.parents[2]
+    """The ``OUT/<task>`` folder of a run (``.../[sweep/]<optimizer>/[init=<init>/]lr=<lr>/seed=<k>``)."""
+    depth = 2 + (run.config.kind == "sweep") + (run.path.parents[1].name.startswith("init="))
+    return run.path.parents[depth]
 
 
 def group_runs(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
