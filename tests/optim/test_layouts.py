@@ -178,3 +178,35 @@ def test_bad_matrix_blocks_names_the_parameter():
         registration("muon").build([{"params": [nn.Parameter(torch.zeros(4, 8, 8))], "matrix_blocks": 3}])
     with pytest.raises(ValueError, match="matrix_blocks"):
         registration("muon").build([{"params": [nn.Parameter(torch.zeros(4, 8, 8))], "matrix_blocks": 0}])
+
+
+def test_recurrent_layers_are_one_matrix_per_gate():
+    """nn.LSTM's ``weight_ih_l{k}``/``weight_hh_l{k}`` stack the i, f, g, o gates' maps along their
+    rows (GRU: 3): each gate's ``(H, in)`` block is a matrix, as for expert banks."""
+    model = nn.Sequential()
+    model.rnn = nn.LSTM(128, 256, num_layers=2, bidirectional=True)
+    model.gru = nn.GRU(512, 128)
+    model.head = nn.Linear(128, 10)
+    infos = {i.name: i for i in classify_parameters(model).params}
+    assert (infos["rnn.weight_ih_l0"].kind, infos["rnn.weight_ih_l0"].blocks, infos["rnn.weight_ih_l0"].shape) == ("matrix", 4, (256, 128))
+    assert (infos["rnn.weight_hh_l1_reverse"].blocks, infos["rnn.weight_hh_l1_reverse"].shape) == (4, (256, 256))
+    assert (infos["gru.weight_ih_l0"].blocks, infos["gru.weight_ih_l0"].shape) == (3, (128, 512))
+    assert infos["rnn.bias_ih_l0"].kind == "other" and infos["head.weight"].kind == "head"
+
+
+def test_encodec_weights_reach_the_matrix_optimizer():
+    """EncodecModel (transformers, default config): weight_norm'd convs, ConvTranspose upsamplers and
+    LSTMs all go to Muon, with no warning."""
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    model = EncodecModel(EncodecConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = build_optimizer(model, "muon")
+    held = sum(p.numel() for g in opt.optimizers[0].param_groups for p in g["params"])
+    assert held > 0.99 * sum(p.numel() for p in model.parameters())
+    audio = torch.randn(1, 1, 2400)
+    out = model(audio)
+    out.audio_values.square().mean().backward()
+    opt.step()

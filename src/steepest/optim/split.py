@@ -93,10 +93,16 @@ def _hf_conv1d() -> type | None:
     return getattr(utils, "Conv1D", None)
 
 
+# gates per recurrent layer type: LSTM stacks i, f, g, o along its weights' rows, GRU r, z, n
+_RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
 def _matrix_attrs(module: nn.Module) -> tuple[tuple[str, bool], ...]:
     conv1d = _hf_conv1d()
     if conv1d is not None and isinstance(module, conv1d):
         return (("weight", True),)
+    if isinstance(module, nn.RNNBase):  # weight_ih_l{k}, weight_hh_l{k} (and _reverse): (gates·H, in)
+        return tuple((n, False) for n in module._flat_weights_names if n.startswith("weight_"))
     for cls in type(module).__mro__:
         if cls in _MATRIX_MODULES:
             return _MATRIX_MODULES[cls]
@@ -127,9 +133,12 @@ def _weight(module: nn.Module, attr: str) -> Tensor | None:
 
 def matrix_blocks(module: nn.Module, weight: Tensor) -> int:
     """How many independent matrices ``weight`` stacks along its first dimension: the experts of a
-    mixture-of-experts weight, the groups of a grouped (or depthwise) convolution, else 1."""
+    mixture-of-experts weight, the groups of a grouped (or depthwise) convolution, the gates of a
+    recurrent layer (LSTM 4, GRU 3), else 1."""
     if _expert_attrs(module) and weight.ndim == 3 and weight.shape[0] == module.num_experts:
         return module.num_experts
+    if isinstance(module, nn.RNNBase):
+        return _RNN_GATES.get(module.mode, 1)
     groups = getattr(module, "groups", 1)
     return groups if isinstance(module, nn.modules.conv._ConvNd) and groups > 1 else 1
 
