@@ -22,7 +22,7 @@ from torch import nn
 from . import muon, neon, dion, newton_muon, shampoo, sign, baselines  # noqa: F401
 from .baselines import adamw as _adamw
 from .combined import CombinedOptimizer
-from .registry import OPTIMIZERS, Registration, add, optimizer_names, register_variant
+from .registry import OPTIMIZERS, Registration, add, optimizer_names, register_variant, top_level
 from .split import ParamInfo, classify_parameters, split_parameters
 from .modular import role_groups
 
@@ -58,12 +58,7 @@ def parse_routes(text: str) -> dict[str, str]:
 
 def _top_level_equals(text: str) -> int:
     """Index of the first ``=`` outside parentheses (variant options are inside), else -1."""
-    depth = 0
-    for i, ch in enumerate(text):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "=" and depth == 0:
-            return i
-    return -1
+    return next(iter(top_level(text, "=")), -1)
 
 
 def _check_routes(routes: Mapping[str, str]) -> None:

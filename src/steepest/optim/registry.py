@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["Registration", "OPTIMIZERS", "register", "add", "optimizer_names", "register_variant", "split_names", "registration"]
+__all__ = ["Registration", "OPTIMIZERS", "register", "add", "optimizer_names", "register_variant", "split_names", "top_level", "registration"]
 
 T = TypeVar("T")
 
@@ -106,8 +106,9 @@ def register(*registrations: Registration) -> Callable[[T], T]:
 
 def optimizer_names(include_unavailable: bool = False) -> list[str]:
     """Names accepted by :func:`~steepest.optim.build.build_optimizer`, in registration order
-    (optional peers only when installed)."""
-    return [n for n, s in OPTIMIZERS.items() if include_unavailable or s.available()]
+    (optional peers only when installed; not the variants registered on use, which any
+    ``"NAME(KEY=VALUE,...)"`` spelling adds)."""
+    return [n for n, s in OPTIMIZERS.items() if (include_unavailable or s.available()) and not s.variant_of]
 
 
 _VARIANT = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*\((.*)\)\s*$", re.S)
@@ -167,22 +168,26 @@ def register_variant(text: str) -> str:
     return name
 
 
+def top_level(text: str, char: str) -> list[int]:
+    """The indices of ``char`` in ``text`` outside parentheses (a variant's options are inside)."""
+    out, depth = [], 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == char and depth == 0:
+            out.append(i)
+    return out
+
+
 def split_names(text: str) -> list[str]:
     """``text`` split at the commas outside parentheses: ``"muon,muon(weight_decay=0.1,cautious_weight_decay=True)"``
     gives two names."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
+    cuts = [-1, *top_level(text, ","), len(text)]
+    return [text[a + 1 : b] for a, b in zip(cuts, cuts[1:])]
 
 
 def registration(name: str) -> Registration:
     """The registration of ``name``, registering a variant ``"NAME(KEY=VALUE,...)"`` on first use
     (``KeyError`` for an unknown plain name)."""
     if name not in OPTIMIZERS and "(" in name:
-        register_variant(name)
-    return OPTIMIZERS[name.strip()] if name not in OPTIMIZERS else OPTIMIZERS[name]
+        name = register_variant(name)
+    return OPTIMIZERS[name]
