@@ -23,8 +23,8 @@ class LowRank(NamedTuple):
     """A batch of directions in factored form, ``D = left·rightᵀ`` (``left (k, m, r)``, ``right
     (k, n, r)``, in the iteration's precision): what the low-rank optimizers' ``direction`` may
     return (Neon's ``σ₁u₁v₁ᵀ``, Dion's ``P Q'ᵀ``), so that the step adds it as a rank-``r`` update of each weight instead of
-    forming and reading an ``m×n`` direction. Executors that move directions between ranks send
-    :func:`dense` ones."""
+    forming and reading an ``m×n`` direction. The distributed executors send the factors between
+    ranks where the optimizer announces them (``direction_factors``), else :func:`dense` ones."""
 
     left: Tensor
     right: Tensor

@@ -11,6 +11,8 @@ path sums its products over ranks and chooses other QR bases: 1e-5).
 
 import pytest
 
+import steepest
+
 from . import workers
 
 TOL = {"newton-muon": 1e-4}
@@ -34,6 +36,24 @@ def test_fsdp_matches_single_process(runs, world, name):
         result = out["fsdp"][name]
         assert result["momentum_is_dtensor"]
         assert result["diff"] <= TOL.get(name, 1e-6), f"rank {rank}: {result['diff']}"
+
+
+FACTORED = [n for n in workers.MATRIX_NAMES if workers.OPTIMIZERS[n][0] is steepest.Dion or workers.OPTIMIZERS[n][1].get("mode") == "nuclear"]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("setting", ["ddp", "fsdp", "fsdp_krylov"])
+def test_directions_travel_as_factors_where_announced(runs, world, setting):
+    """A direction announced as factors (``direction_factors``: Neon nuclear's ``σ₁u₁, v₁``, Dion's
+    ``P, Q'``) reaches the step as factors through every path, the all-gathers included; every
+    other direction as a tensor. The parity tests above check the values."""
+    for out in runs(world):
+        for name, result in out[setting].items():
+            forms = result["forms"]
+            assert all(announced == returned for announced, returned in forms), f"{name}: (announced, returned) {forms}"
+            if name in FACTORED:
+                assert forms == [(True, True)], f"{name}: {forms}"
+    assert set(FACTORED) >= {"neon-nuclear", "dion"}
 
 
 @pytest.mark.parametrize("world", WORLDS)

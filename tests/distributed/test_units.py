@@ -99,3 +99,22 @@ def test_unknown_row_shard_strategy_names_the_option_and_the_choices():
 
     with pytest.raises(ValueError, match=r"unknown row_shards strategy 'bogus'; accepted values: 'auto', 'in_place', 'all_to_all'"):
         DistributedExecutor(row_shards="bogus")
+
+
+def test_factor_packing_round_trip_and_refuses_what_was_not_announced():
+    """``pack_factors`` / ``unpack_factors``: the all-gathered rows give back each matrix's factors
+    (zeros in an unused slot); a direction that does not match ``direction_factors`` is refused
+    with a line naming the optimizer."""
+    from steepest.distributed.ddp import pack_factors, unpack_factors
+    from steepest.execution import LowRank
+
+    opt = steepest.Dion([torch.nn.Parameter(torch.randn(5, 3))])
+    left, right = torch.randn(2, 5, 2), torch.randn(2, 3, 2)
+    packed = pack_factors(opt, LowRank(left, right), 2, (5, 3), (2, torch.float32), slots=3, device="cpu")
+    assert packed.shape == (3, (5 + 3) * 2) and not packed[2].any()
+    back = unpack_factors(packed, (5, 3), 2)
+    assert torch.equal(back.left[:2], left) and torch.equal(back.right[:2], right)
+    assert torch.equal(back.dense()[:2], left @ right.mT)
+    for wrong in (left @ right.mT, LowRank(left.double(), right.double()), LowRank(left[..., :1], right[..., :1])):
+        with pytest.raises(RuntimeError, match="Dion.direction returned .* expected factors"):
+            pack_factors(opt, wrong, 2, (5, 3), (2, torch.float32), slots=3, device="cpu")

@@ -8,6 +8,7 @@ from torch import nn
 
 import steepest
 import steepest.distributed
+from steepest.execution import LowRank
 from steepest.optim.base import LocalExecutor
 
 from ..registered import registered, registration
@@ -121,6 +122,7 @@ def ddp_parity(rank: int, world: int, names: list[str]) -> dict:
         model = make_net()
         opt = build(name, model)
         computed = count_directions(opt)
+        forms = record_forms(opt)
         for t in range(STEPS):
             opt.zero_grad()
             loss_of(model, t).backward()
@@ -128,6 +130,7 @@ def ddp_parity(rank: int, world: int, names: list[str]) -> dict:
         out[name] = {
             "diff": max_rel_diff(model, ref),
             "computed": computed,
+            "forms": sorted(forms),
             "setting": steepest.distributed.setting(opt),
             "work": dict(opt.executor.work),
             "state_equal": _state_is_replicated(opt),
@@ -179,6 +182,23 @@ def count_directions(opt) -> list:
 
     opt.direction = direction
     return computed
+
+
+def record_forms(opt) -> set:
+    """Wrap the executor's ``directions`` to record, per batch, whether the optimizer announced
+    factors (``direction_factors``) and whether the executor returned factors (``LowRank``)."""
+    forms = set()
+    executor = opt.executor
+    original = executor.directions
+
+    def directions(optimizer, group, buckets):
+        out = original(optimizer, group, buckets)
+        for bucket, D in zip(buckets, out):
+            forms.add((optimizer.direction_factors(group, bucket) is not None, isinstance(D, LowRank)))
+        return out
+
+    executor.directions = directions
+    return forms
 
 
 def ddp_training(rank: int, world: int) -> dict:
@@ -289,6 +309,7 @@ def fsdp_parity(rank: int, world: int, names: list[str], row_shards: str = "auto
         opt = build(name, model)
         opt.executor = steepest.distributed.DistributedExecutor(row_shards=row_shards)
         computed = count_directions(opt)
+        forms = record_forms(opt)
         for t in range(STEPS):
             opt.zero_grad()
             loss_of(model, t).backward()  # FSDP2 runs its hooks; Newton-Muon sees the inputs
@@ -297,6 +318,7 @@ def fsdp_parity(rank: int, world: int, names: list[str], row_shards: str = "auto
         out[name] = {
             "diff": max_rel_diff(model, ref),
             "computed": computed,
+            "forms": sorted(forms),
             "rows": dict(opt.executor.rows),
             "momentum_is_dtensor": all(hasattr(s["momentum_buffer"], "placements") for s in opt.state.values()),
         }

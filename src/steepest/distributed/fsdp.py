@@ -7,9 +7,10 @@ gradient and momentum. For a batch of same-shape matrices split by :mod:`.partit
 1. one ``all_to_all_single`` sends every rank's row shards of each matrix to the matrix's owner,
    who concatenates them into whole matrices (dion's FSDP2 path);
 2. the owner computes the directions of its share;
-3. a second ``all_to_all_single`` returns each rank its rows of every direction, and an
-   all-gather copies the direction state (Neon's basis, Shampoo's roots) to every
-   rank, as under DDP.
+3. a second ``all_to_all_single`` returns each rank its rows of every direction (a direction
+   announced as factors, ``direction_factors``, is all-gathered as its ``(m + n)·r`` factors
+   instead, and each rank adds its rows of ``left·rightᵀ``), and an all-gather copies the
+   direction state (Neon's basis, Shampoo's roots) to every rank, as under DDP.
 
 The momenta of every batch travel first (all asynchronous), so the transfers overlap the
 computation of the batches before them. An optimizer whose ``prepare_directions`` needs the
@@ -22,9 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..execution import Bucket
+from ..execution import Bucket, LowRank
 from .compat import all_gather_single
-from .ddp import finish_state, share_of, start_state
+from .ddp import finish_state, pack_factors, share_of, start_state, unpack_factors
 from .partition import Assignment
 
 __all__ = ["ShardedBatch", "row_ranges", "check_row_sharded", "gather_rows"]
@@ -93,30 +94,49 @@ class ShardedBatch:
         bucket, plan, rank = self.bucket, self.plan, self.ex.rank
         m, n = bucket.shape
         state = self.optimizer.direction_state(self.group, bucket)
+        self.factors = self.optimizer.direction_factors(self.group, bucket)
         self.handle.wait()
         pieces = self.received.split([plan.slots * (b - a) * n for a, b in self.rows])
         whole = torch.cat([p.view(plan.slots, b - a, n) for p, (a, b) in zip(pieces, self.rows)], dim=1)
-        D = whole.new_zeros(plan.slots, m, n)
         values = {}
         owned = plan.owned(rank)
+        D = None
         if len(owned):
             share = share_of(bucket, owned, momenta=list(whole[: len(owned)].unbind(0)), with_grads=False)
-            D[: len(owned)] = self.ex.compute_direction(self.optimizer, self.group, share)
+            D = self.ex.compute_direction(self.optimizer, self.group, share, factored=self.factors is not None)
             values = {key: share.stack_state(key) for key in state}
-        send = torch.cat([D[:, a:b].reshape(-1) for a, b in self.rows])
-        self.returned = D.new_empty(plan.world * plan.slots * self.mine * n)
+        if self.factors is not None:  # every rank gets every matrix's factors and keeps its rows of left
+            send = pack_factors(self.optimizer, D, len(owned), bucket.shape, self.factors, plan.slots, whole.device)
+            self.returned = send.new_empty(plan.world * plan.slots, send.shape[1])
+            self.handle = all_gather_single(self.returned, send, group=self.pg, async_op=True)
+        else:
+            self._return_rows(D, len(owned), whole)
+        start_state(self, state, values, whole.device)
+
+    def _return_rows(self, D: Tensor | None, owned: int, whole: Tensor) -> None:
+        """Start the all-to-all that gives every rank its rows of the dense directions."""
+        plan, (m, n) = self.plan, self.bucket.shape
+        block = whole.new_zeros(plan.slots, m, n)
+        if D is not None:
+            block[:owned] = D
+        send = torch.cat([block[:, a:b].reshape(-1) for a, b in self.rows])
+        self.returned = block.new_empty(plan.world * plan.slots * self.mine * n)
         self.handle = dist.all_to_all_single(
             self.returned, send,
             output_split_sizes=[plan.slots * self.mine * n] * plan.world,
             input_split_sizes=[plan.slots * (b - a) * n for a, b in self.rows],
             group=self.pg, async_op=True,
         )  # fmt: skip
-        start_state(self, state, values, D.device)
 
-    def finish(self) -> Tensor:
+    def finish(self) -> Tensor | LowRank:
         plan, n = self.plan, self.bucket.shape[1]
         self.handle.wait()
-        D = plan.in_matrix_order(self.returned.view(plan.world * plan.slots, self.mine, n))
+        if self.factors is None:
+            D = plan.in_matrix_order(self.returned.view(plan.world * plan.slots, self.mine, n))
+        else:
+            whole = unpack_factors(plan.in_matrix_order(self.returned), self.bucket.shape, self.factors[0])
+            start, stop = self.rows[self.ex.rank]
+            D = LowRank(whole.left[:, start:stop], whole.right)
         finish_state(self)
         self.optimizer.directions_done(self.group, self.bucket)
         return D

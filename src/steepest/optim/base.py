@@ -166,6 +166,13 @@ class MatrixOptimizer(Optimizer):
     def directions_done(self, group: dict, bucket: Bucket) -> None:
         """Called once every matrix of the batch has its direction and state (on every rank)."""
 
+    def direction_factors(self, group: dict, bucket: Bucket) -> tuple[int, torch.dtype] | None:
+        """``(r, dtype)`` when :meth:`direction` returns the batch's directions as factors, a
+        :class:`~steepest.execution.LowRank` of ``(k, m, r)`` and ``(k, n, r)`` tensors of that
+        dtype, on every rank (known before it runs); ``None`` (the default) for a dense ``(k, m, n)``
+        tensor. A distributed executor then sends ``(m + n)·r`` numbers per matrix instead of ``m·n``."""
+        return None
+
     def row_shard_direction(self, group: dict, bucket: Bucket) -> Callable[[Tensor, RowCollectives], Tensor] | None:
         """How to compute the batch's directions when its matrices are split by rows across ranks
         (FSDP2's ``Shard(0)``) without gathering them, or ``None`` (the default): the executor then

@@ -118,6 +118,10 @@ class Dion(MatrixOptimizer):
         dtype = _precision(bucket.params[0].dtype)
         return {"dion_Q": ((n, r), dtype), "dion_P": ((m, r), dtype), "dion_norms": ((r,), dtype)}
 
+    def direction_factors(self, group: dict, bucket: Bucket) -> tuple[int, torch.dtype]:
+        """Always factored: ``P`` (``m × r``) and ``Q'`` (``n × r``) in the iteration's precision."""
+        return self.rank(group, bucket.shape), _precision(bucket.params[0].dtype)
+
     def direction(self, group: dict, bucket: Bucket) -> Tensor | LowRank:
         return self._power_direction(group, bucket, bucket.stack(), LOCAL)
 
@@ -125,22 +129,21 @@ class Dion(MatrixOptimizer):
         """On row shards: the power iteration with the rows' collectives (Ahn et al. 2025, §3)."""
         return lambda B, ops: self._power_direction(group, bucket, B, ops)
 
-    def _power_direction(self, group: dict, bucket: Bucket, B: Tensor, ops: RowCollectives) -> Tensor:
-        """``P Qᵀ`` of ``B`` (``(k, m, n)``, or this rank's rows with row-split ``ops``); ``Q``,
-        ``P`` (whole columns: this rank's rows in place, zeros elsewhere) and norms into the states."""
+    def _power_direction(self, group: dict, bucket: Bucket, B: Tensor, ops: RowCollectives) -> LowRank:
+        """The factors ``(P, Q')`` of ``P Q'ᵀ`` of ``B`` (``(k, m, n)``, or this rank's rows with
+        row-split ``ops``, then ``P`` holds this rank's rows), in the iteration's precision (the step
+        adds them as a rank-``r`` update; bf16 weights add it formed). ``Q``, ``P`` (whole columns:
+        this rank's rows in place, zeros elsewhere) and norms go into the states."""
         previous = self.previous_basis(group, bucket, _precision(B.dtype), B.device)
-        if ops is LOCAL:  # the factors: the step adds P Q'ᵀ as a rank-r update
-            factors = self.math(group, power_step)(B, previous)
-            self.store_factors(bucket, previous, factors)
-            return LowRank(factors.P, factors.Q)  # in the iteration's precision: bf16 weights add it formed
-        else:
-            D, factors = dion_update(B, previous, ops)
+        factors = self.math(group, power_step)(B, previous) if ops is LOCAL else power_step(B, previous, ops)
+        D = LowRank(factors.P, factors.Q)
+        if ops is not LOCAL:
             m, rows = bucket.shape[0], factors.P.shape[-2]
             P = factors.P.new_zeros(factors.P.shape[0], m, factors.P.shape[-1])
             P[:, ops.offset : ops.offset + rows] = factors.P  # directions_done reads each rank's rows
             factors = factors._replace(P=P)
         self.store_factors(bucket, previous, factors)
-        return D.to(B.dtype)
+        return D
 
     def previous_basis(self, group: dict, bucket: Bucket, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The ``(k, n, r)`` stack of the matrices' ``Q`` (the fixed start where a matrix has none)."""

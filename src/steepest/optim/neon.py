@@ -212,6 +212,13 @@ class Neon(MatrixOptimizer):
             layout["captured"] = (tuple(bucket.shape), dtype)
         return layout
 
+    def direction_factors(self, group: dict, bucket: Bucket) -> tuple[int, torch.dtype] | None:
+        """Nuclear: the rank-1 factors ``(w·u₁, v₁)`` in the iteration's precision; F*: ``None``
+        (its rank, and so its factors' width, is known only after the step)."""
+        if group["mode"] != "nuclear":
+            return None
+        return 1, torch.float64 if bucket.params[0].dtype == torch.float64 else torch.float32
+
     @staticmethod
     def _one_at_a_time(group: dict, bucket: Bucket) -> bool:
         """Nuclear on a CPU: each matrix's rank-1 iteration on its own (views, no (k, m, n) copy)."""
@@ -249,11 +256,14 @@ class Neon(MatrixOptimizer):
             V = V[..., :width]
         elif group["mode"] == "nuclear":
             init, iters = self.start_block(group, bucket, width, M)
-            if ops is LOCAL:  # the factors σ₁u₁, v₁: the step adds them as a rank-1 update
+            # the factors w·u₁, v₁ (this rank's rows of u₁ with row-split ops): the step adds them
+            # as a rank-1 update, in the iteration's precision (bf16 weights add it formed)
+            if ops is LOCAL:
                 D, V, C = self.math(group, nuclear_block)(M, init, iters, group["sigma"], capture, factored=True)
-                self._store(bucket, V, None, C)
-                return D  # factors in the iteration's precision: bf16 weights add it formed
-            D, V, C = nuclear_block(M, init, iters, group["sigma"], capture, ops=ops)
+            else:
+                D, V, C = nuclear_block(M, init, iters, group["sigma"], capture, ops=ops, factored=True)
+            self._store(bucket, V, None, C)
+            return D
         else:
             init, iters = self.start_block(group, bucket, width, M)
             D, V, rank, C = fstar_adaptive(
