@@ -45,12 +45,14 @@ FACTORED = [n for n in workers.MATRIX_NAMES if workers.OPTIMIZERS[n][0] is steep
 @pytest.mark.parametrize("setting", ["ddp", "fsdp", "fsdp_krylov"])
 def test_directions_travel_as_factors_where_announced(runs, world, setting):
     """A direction announced as factors (``direction_factors``: Neon nuclear's ``σ₁u₁, v₁``, Dion's
-    ``P, Q'``) reaches the step as factors through every path, the all-gathers included; every
-    other direction as a tensor. The parity tests above check the values."""
+    ``P, Q'``) reaches the step as factors through every path, the all-gathers included; where
+    directions travel, every other one as a tensor (in place, on row shards, nothing travels and
+    F*'s factors of this rank's rows are added as they are). The parity tests above check the values."""
     for out in runs(world):
         for name, result in out[setting].items():
             forms = result["forms"]
-            assert all(announced == returned for announced, returned in forms), f"{name}: (announced, returned) {forms}"
+            consistent = (lambda a, r: a <= r) if setting == "fsdp_krylov" else (lambda a, r: a == r)
+            assert all(consistent(announced, returned) for announced, returned in forms), f"{name}: (announced, returned) {forms}"
             if name in FACTORED:
                 assert forms == [(True, True)], f"{name}: {forms}"
     assert set(FACTORED) >= {"neon-nuclear", "dion"}

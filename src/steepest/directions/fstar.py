@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, check_positive_int, compute_dtype
+from ..execution import LowRank
 from .collectives import LOCAL, RowCollectives
 from .lowrank import Triplets, block_triplets, random_block, top_singular
 from .nuclear import SIGMA_MODES
@@ -94,11 +95,12 @@ def mean_of_norms_threshold(S: Tensor, *, check: bool = True) -> tuple[Tensor, T
     return c, scale, rank
 
 
-def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str = "keep") -> tuple[Tensor, Tensor]:
+def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str = "keep", factored: bool = False) -> tuple[Tensor | LowRank, Tensor]:
     """``D`` from (the top part of) an SVD, and the rank of ``D``.
 
     ``sigma="drop"`` divides ``D`` by its largest singular value (the analogue of the Neon
-    authors' ``u₁v₁ᵀ``), so that ``‖D‖₂ = 1``.
+    authors' ``u₁v₁ᵀ``), so that ``‖D‖₂ = 1``. With ``factored``, ``D`` is returned as the factors
+    :class:`~steepest.execution.LowRank` ``(U·diag(d), V)`` (``d`` zero past the rank), never formed.
     """
     U, S, V = triplets
     if variant == "seed":
@@ -110,7 +112,8 @@ def soft_threshold_update(triplets: Triplets, variant: str = "seed", sigma: str 
     if sigma == "drop":
         top = d[..., :1]
         d = torch.where(top > 0, d / top.clamp(min=torch.finfo(d.dtype).tiny), torch.zeros_like(d))
-    return (U * d.unsqueeze(-2)) @ V.mT, rank
+    left = U * d.unsqueeze(-2)
+    return (LowRank(left, V) if factored else left @ V.mT), rank
 
 
 def captured_part(triplets: Triplets, rank: Tensor) -> Tensor:
@@ -122,24 +125,29 @@ def captured_part(triplets: Triplets, rank: Tensor) -> Tensor:
 
 
 def fstar_block(
-    M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep", capture: bool = False, ops: RowCollectives = LOCAL
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    M: Tensor, init: Tensor, iters: int, variant: str = "seed", sigma: str = "keep", capture: bool = False, ops: RowCollectives = LOCAL,
+    factored: bool = False,
+) -> tuple[Tensor | LowRank, Tensor, Tensor, Tensor | None]:
     """``(D, V, r, C)`` of a ``(k, m, n)`` batch from ``iters`` block power iterations started at
     ``init`` (``(k, n, l)``) and a Rayleigh–Ritz step: the soft-thresholded update of the top ``l``
     triplets, their right vectors ``V`` (``(k, n, l)``), the update's rank ``r`` (``(k,)``) and,
     with ``capture``, :func:`captured_part` (else ``None``). ``τ`` is exact when ``r < l`` and
     the top ``r + 1`` values have converged. No host read. With ``ops`` of row-split matrices
-    (:mod:`~steepest.directions.collectives`), ``M``, ``D`` and ``C`` are this process's rows."""
+    (:mod:`~steepest.directions.collectives`), ``M``, ``D`` and ``C`` are this process's rows.
+    ``factored``: ``D`` as its factors (:func:`soft_threshold_update`), ``l`` columns wide."""
     triplets = block_triplets(M, init, iters, ops)
-    D, rank = soft_threshold_update(triplets, variant, sigma)
+    D, rank = soft_threshold_update(triplets, variant, sigma, factored)
     return D, triplets.V, rank, captured_part(triplets, rank) if capture else None
 
 
-def fstar_dense(M: Tensor, variant: str = "seed", sigma: str = "keep", capture: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``(D, V, r, C)`` as :func:`fstar_block` but from a full SVD (``V`` has all ``min(m, n)`` columns)."""
+def fstar_dense(
+    M: Tensor, variant: str = "seed", sigma: str = "keep", capture: bool = False, factored: bool = False
+) -> tuple[Tensor | LowRank, Tensor, Tensor, Tensor | None]:
+    """``(D, V, r, C)`` as :func:`fstar_block` but from a full SVD (``V`` has all ``min(m, n)``
+    columns, and so have ``D``'s factors with ``factored``)."""
     U, S, Vh = torch.linalg.svd(M.to(compute_dtype(M.dtype)), full_matrices=False)
     triplets = Triplets(U, S, Vh.mT)
-    D, rank = soft_threshold_update(triplets, variant, sigma)
+    D, rank = soft_threshold_update(triplets, variant, sigma, factored)
     return D, Vh.mT, rank, captured_part(triplets, rank) if capture else None
 
 
@@ -157,7 +165,8 @@ def fstar_adaptive(
     block_step: Callable = fstar_block,
     dense_step: Callable = fstar_dense,
     ops: RowCollectives = LOCAL,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    factored: bool = False,
+) -> tuple[Tensor | LowRank, Tensor, Tensor, Tensor | None]:
     """F* of a ``(k, m, n)`` batch by a warm block iteration whose width follows each matrix's rank.
 
     Every matrix's update is the one computed at the first width ``w`` of ``l, 2l, 4l, …`` (``l =
@@ -170,7 +179,9 @@ def fstar_adaptive(
 
     Returns ``(D, V, r, C)``: ``V`` holds the first ``l`` right singular vectors of each matrix's
     final block (``(k, n, l)``), ready to warm-start the next step; ``C`` is the
-    :func:`captured_part` with ``capture`` (else ``None``).
+    :func:`captured_part` with ``capture`` (else ``None``). With ``factored``, ``D`` is a
+    :class:`~steepest.execution.LowRank` as wide as the widest block used (a matrix's factors
+    padded with zero columns past its own block).
 
     With ``ops`` of row-split matrices, ``M``, ``D`` and ``C`` are this process's rows, and the
     growth flags are OR-ed over the processes so that all decide alike (pass ``max_width ≥
@@ -183,7 +194,9 @@ def fstar_adaptive(
     width = init.shape[-1]
     full = min(ops.total_rows(M), M.shape[-1])
     M = M.to(compute_dtype(M.dtype))
-    step = block_step if ops is LOCAL else (lambda *a: block_step(*a, ops=ops))
+    extra = ({} if ops is LOCAL else {"ops": ops}) | ({"factored": True} if factored else {})
+    step = block_step if not extra else (lambda *a: block_step(*a, **extra))
+    dense = dense_step if not factored else (lambda *a: dense_step(*a, factored=True))
     D, V, rank, C = step(M, init.to(M.dtype), iters, variant, sigma, capture)
     V = V.clone()
     w, todo, Vw, rw = width, None, V, rank  # todo: the batch indices still growing (None: all)
@@ -195,17 +208,32 @@ def fstar_adaptive(
         sel = torch.tensor(pick, device=M.device)
         todo = sel if todo is None else todo[sel]
         if w >= max_width:
-            Dd, Vd, rd, Cd = dense_step(M[todo], variant, sigma, capture)
-            D[todo], V[todo], rank[todo] = Dd.to(D.dtype), Vd[..., :width].to(V.dtype), rd
+            Dd, Vd, rd, Cd = dense(M[todo], variant, sigma, capture)
+            D = _put(D, todo, Dd)
+            V[todo], rank[todo] = Vd[..., :width].to(V.dtype), rd
             if capture:
                 C[todo] = Cd.to(C.dtype)
             break
         w = min(2 * w, max_width, full)
         Dw, Vw, rw, Cw = step(M[todo], padded_block(Vw[sel], w), grow_iters, variant, sigma, capture)
-        D[todo], V[todo], rank[todo] = Dw.to(D.dtype), Vw[..., :width], rw
+        D = _put(D, todo, Dw)
+        V[todo], rank[todo] = Vw[..., :width], rw
         if capture:
             C[todo] = Cw
     return D, V, rank, C
+
+
+def _put(D: Tensor | LowRank, index: Tensor, part: Tensor | LowRank) -> Tensor | LowRank:
+    """``D`` with the matrices at ``index`` replaced by ``part``; factors are widened with zero
+    columns to the wider of the two (a zero column adds nothing to ``left·rightᵀ``)."""
+    if not isinstance(D, LowRank):
+        D[index] = part.to(D.dtype)
+        return D
+    width = max(D.left.shape[-1], part.left.shape[-1])
+    widen = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[-1]))  # noqa: E731
+    left, right = widen(D.left), widen(D.right)
+    left[index], right[index] = widen(part.left).to(left.dtype), widen(part.right).to(right.dtype)
+    return LowRank(left, right)
 
 
 def padded_block(Q: Tensor, width: int) -> Tensor:

@@ -245,14 +245,14 @@ class Neon(MatrixOptimizer):
             return None
         return lambda M, ops: self._low_rank_direction(group, bucket, M, ops)
 
-    def _low_rank_direction(self, group: dict, bucket: Bucket, M: Tensor, ops: RowCollectives) -> Tensor:
-        """``D`` of the ``(k, m, n)`` momenta ``M`` (this rank's rows with row-split ``ops``), the
-        basis, rank and captured part stored in the matrices' states."""
+    def _low_rank_direction(self, group: dict, bucket: Bucket, M: Tensor, ops: RowCollectives) -> LowRank:
+        """The factors of ``D`` of the ``(k, m, n)`` momenta ``M`` (this rank's rows of ``left``
+        with row-split ``ops``), the basis, rank and captured part stored in the matrices' states."""
         width = self.block_width(group, bucket)
         capture = group["error_feedback"]
         rank = None
         if self.uses_dense_svd(group, bucket, width):
-            D, V, rank, C = self.math(group, fstar_dense)(M, group["variant"], group["sigma"], capture)
+            D, V, rank, C = self.math(group, fstar_dense)(M, group["variant"], group["sigma"], capture, factored=True)
             V = V[..., :width]
         elif group["mode"] == "nuclear":
             init, iters = self.start_block(group, bucket, width, M)
@@ -270,10 +270,10 @@ class Neon(MatrixOptimizer):
                 M, init, iters=iters, grow_iters=max(group["iters"], group["cold_iters"]), oversample=group["oversample"],
                 max_width=self.max_block_width(group, bucket) if ops is LOCAL else min(bucket.shape),
                 variant=group["variant"], sigma=group["sigma"], capture=capture,
-                block_step=self.math(group, fstar_block), dense_step=self.math(group, fstar_dense), ops=ops,
+                block_step=self.math(group, fstar_block), dense_step=self.math(group, fstar_dense), ops=ops, factored=True,
             )  # fmt: skip
         self._store(bucket, V, rank, C)
-        return D.to(M.dtype)
+        return D  # factors in the iteration's precision (the widest block's columns): bf16 weights add it formed
 
     @staticmethod
     def _store(bucket: Bucket, V: Tensor, rank: Tensor | None, C) -> None:
