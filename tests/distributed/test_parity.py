@@ -83,3 +83,19 @@ def test_rank0_torch_save_checkpoint_resumes_exactly(runs):
     for rank, out in enumerate(runs(2)):
         for name, diff in out["rank0_checkpoint"].items():
             assert diff <= 1e-6, f"rank {rank}, {name}: {diff}"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_every_layer_normed_under_ddp_and_fsdp2(runs, world):
+    """The modular optimizers hold every parameter (1-D biases as ``(n, 1)`` columns, FSDP2 shards
+    their entries); ``step="dual"``'s global inner product sums the row shards over the ranks, in
+    another order than one process: float32 rounding of a sum of ``N`` products, ``N·2⁻²⁴``
+    relative on the step size, with ``N`` = 288 entries of the largest tensor (1e-4 covers it)."""
+    for rank, out in enumerate(runs(world)):
+        results = out["every_layer_normed"]
+        assert {key.split("/")[0] for key in results} >= {"modular", "scion"}
+        for key, result in results.items():
+            assert result["one_optimizer"], f"{key}: not one optimizer"
+            assert result["settings"] == [key.split("/")[2]], f"{key}: {result['settings']}"
+            tol = 1e-4 if key.endswith("dual/fsdp") else 1e-6
+            assert result["diff"] <= tol, f"rank {rank}, {key}: {result['diff']}"

@@ -11,6 +11,8 @@ import steepest.distributed
 from steepest.execution import LowRank
 from steepest.optim.base import LocalExecutor
 
+from steepest.optim.modular import STEP_RULES
+
 from ..registered import registered, registration
 
 # Every registered matrix optimizer of ours (its class and fixed options), with options that make
@@ -284,10 +286,13 @@ def shard(model: nn.Module) -> nn.Module:
 
 
 def set_sharded_grads(model: nn.Module, grads: dict[str, torch.Tensor]) -> None:
-    """The reference run's gradients, as this rank's row shards (exactly the same numbers)."""
+    """The reference run's gradients, as this rank's row shards (exactly the same numbers), for
+    the parameters that ``grads`` names."""
     from torch.distributed.tensor import DTensor
 
-    for n, p in matrices(model):
+    for n, p in model.named_parameters():
+        if n not in grads:
+            continue
         g = grads[n]
         local = p.to_local()
         rows = local.shape[0]
@@ -322,6 +327,46 @@ def fsdp_parity(rank: int, world: int, names: list[str], row_shards: str = "auto
             "rows": dict(opt.executor.rows),
             "momentum_is_dtensor": all(hasattr(s["momentum_buffer"], "placements") for s in opt.state.values()),
         }
+    return out
+
+
+def _parts(opt) -> list:
+    return list(getattr(opt, "optimizers", [opt]))
+
+
+def every_layer_normed(rank: int, world: int) -> dict:
+    """``build_optimizer(model, name, step=rule)`` for the modular optimizers (every parameter,
+    conv, head and 1-D biases included; ``step="dual"`` couples them all through one global inner
+    product, summed over the row shards under FSDP2) under DDP and FSDP2, against the local run
+    from the same gradients: the worst relative difference over all parameters."""
+    out = {}
+    for name in [n for n in registered(peer=False) if registration(n).roles]:
+        for rule in STEP_RULES:
+            ref = make_net()
+            ref_opt = steepest.build_optimizer(ref, name, step=rule)
+            for part in _parts(ref_opt):
+                part.executor = LocalExecutor()
+            grads = []
+            for t in range(STEPS):
+                ref_opt.zero_grad()
+                loss_of(ref, t).backward()
+                grads.append({n: p.grad.clone() for n, p in ref.named_parameters()})
+                ref_opt.step()
+            for setting in ("ddp", "fsdp"):
+                model = make_net() if setting == "ddp" else shard(make_net())
+                opt = steepest.build_optimizer(model, name, step=rule)
+                for t in range(STEPS):
+                    opt.zero_grad()
+                    loss_of(model, t).backward()
+                    if setting == "fsdp":
+                        set_sharded_grads(model, grads[t])
+                    opt.step()
+                diff = max(
+                    float((full(p.detach()) - q.detach()).abs().max() / q.detach().abs().max())
+                    for p, q in zip(model.parameters(), ref.parameters())
+                )
+                kinds = sorted({steepest.distributed.setting(part) for part in _parts(opt)})
+                out[f"{name}/{rule}/{setting}"] = {"diff": diff, "settings": kinds, "one_optimizer": len(_parts(opt)) == 1}
     return out
 
 
@@ -381,6 +426,7 @@ def scenarios(rank: int, world: int, checkpoint_path: str) -> dict:
         "fsdp": fsdp_parity(rank, world, MATRIX_NAMES, "all_to_all"),
         "fsdp_krylov": fsdp_parity(rank, world, NEON_NAMES, "in_place"),
         "none_gradient": none_gradient(rank, world),
+        "every_layer_normed": every_layer_normed(rank, world),
     }
     if world == 2:
         out["ddp_training"] = ddp_training(rank, world)
