@@ -43,6 +43,18 @@ def dense(D: "Tensor | LowRank") -> Tensor:
     return D.dense() if isinstance(D, LowRank) else D
 
 
+def _back_to_back(matrices: list[Tensor]) -> bool:
+    """Whether same-shape, same-dtype ``matrices`` are contiguous and consecutive in one storage
+    (so that one ``(k, m, n)`` view covers them all)."""
+    first = matrices[0]
+    size = first.numel() * first.element_size()
+    storage = first.untyped_storage().data_ptr()
+    return all(
+        t.is_contiguous() and t.dtype == first.dtype and t.untyped_storage().data_ptr() == storage and t.data_ptr() == first.data_ptr() + i * size
+        for i, t in enumerate(matrices)
+    )
+
+
 @dataclass
 class Bucket:
     """Same-shape matrices of one param group, updated by one batched call."""
@@ -85,13 +97,16 @@ class Bucket:
         """The momenta (or ``tensors``) as one ``(k, m, n)`` stack of :meth:`matrix` views, in
         ``dtype`` if given (the cast and the stacking in one copy), written into
         ``scratch(shape, dtype)`` if given (e.g. a :meth:`MatrixOptimizer.scratch` buffer). A single
-        matrix already in ``dtype`` comes back as a view, without a copy: do not modify the stack in
-        place."""
+        matrix already in ``dtype``, and matrices that lie back to back in one buffer (the CPU
+        step's Nesterov momenta, views of one workspace), come back as a view, without a copy: do
+        not modify the stack in place."""
         tensors = self.momenta if tensors is None else tensors
         dtype = tensors[0].dtype if dtype is None else dtype
         if len(tensors) == 1:
             return self.matrix(tensors[0]).to(dtype).unsqueeze(0)
         shape = (len(tensors), *self.shape)
+        if dtype == tensors[0].dtype and _back_to_back([self.matrix(t) for t in tensors]):
+            return self.matrix(tensors[0]).as_strided(shape, (shape[1] * shape[2], shape[2], 1))
         out = scratch(shape, dtype) if scratch is not None else torch.empty(shape, dtype=dtype, device=tensors[0].device)
         for slot, t in zip(out.unbind(0), tensors):
             slot.copy_(self.matrix(t))

@@ -235,8 +235,16 @@ class Neon(MatrixOptimizer):
             # matrix-vector products as fast one by one); the factors are stacked instead
             parts = [self._low_rank_direction(group, single, bucket.matrix(single.momenta[0]).unsqueeze(0), LOCAL) for single in bucket.singles()]
             return LowRank(torch.cat([d.left for d in parts]), torch.cat([d.right for d in parts]))
-        M = bucket.stack(scratch=lambda shape, dtype: self.scratch(("stack", shape), shape, dtype, device))
+        M = bucket.stack(scratch=lambda shape, dtype: self.stack_buffer(shape, dtype, device))
         return self._low_rank_direction(group, bucket, M, LOCAL)
+
+    def stack_buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Where a batch's momenta are stacked when they are not already back to back: in a streamed
+        CPU step one :meth:`workspace` for every batch (each is used up before the next), else a
+        :meth:`scratch` buffer per shape."""
+        if self.__dict__.get("_streaming"):
+            return self.workspace(("stack",), [shape], dtype, device)[0]
+        return self.scratch(("stack", shape), shape, dtype, device)
 
     def row_shard_direction(self, group: dict, bucket: Bucket):
         """On row shards: the same block iteration with the rows' collectives (a dense SVD, for an
