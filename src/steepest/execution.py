@@ -45,7 +45,10 @@ def dense(D: "Tensor | LowRank") -> Tensor:
 
 def _back_to_back(matrices: list[Tensor]) -> bool:
     """Whether same-shape, same-dtype ``matrices`` are contiguous and consecutive in one storage
-    (so that one ``(k, m, n)`` view covers them all)."""
+    (so that one ``(k, m, n)`` view covers them all); under ``torch.compile`` always False (Dynamo
+    cannot trace storage pointers, and the compiled graph plans its own buffers)."""
+    if torch.compiler.is_compiling():
+        return False
     first = matrices[0]
     size = first.numel() * first.element_size()
     storage = first.untyped_storage().data_ptr()

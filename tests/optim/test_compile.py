@@ -55,3 +55,24 @@ def test_compiled_equals_eager(name):
     for p, q in zip(eager, compiled):
         assert (p - q).norm() <= 1e-5 * p.norm()
     assert b._compiled  # the compiled path really ran
+
+
+@pytest.mark.parametrize("name", ["dion", "neon-nuclear"])
+def test_whole_step_compiles_to_one_graph(name):
+    """``torch.compile`` of ``opt.step()`` itself, as the README shows (a tensor lr,
+    ``nonfinite="skip"``): one graph, no break, for the optimizers whose batches are stacked and
+    applied as factors (a host read in the stacking or the low-rank update would break it; issue 25 §3)."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in [(16, 24), (16, 24), (24, 16)]]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt = OPTIMIZERS[name].build(params, lr=torch.tensor(0.01), nonfinite="skip", **OPTIMIZERS[name].options)
+    opt.step()  # eager first step: state created outside the graph
+
+    def step():
+        opt.step()
+
+    explained = torch._dynamo.explain(step)()
+    assert explained.graph_break_count == 0, [str(r)[:200] for r in explained.break_reasons]
+    assert explained.graph_count == 1
