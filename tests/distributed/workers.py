@@ -140,6 +140,35 @@ def ddp_parity(rank: int, world: int, names: list[str]) -> dict:
     return out
 
 
+def bf16_factors(rank: int, world: int) -> dict:
+    """The optimizers whose directions travel as float32 factors, on a bf16 model under DDP and
+    FSDP2 (each rank adds the factors' product rounded once to bf16, as one process does), against
+    the local run from the same gradients: the worst relative weight difference."""
+    out = {}
+    for name in FACTORED_NAMES:
+        runs, grads = {}, []
+        for setting in ("local", "ddp", "fsdp"):
+            model = make_net().to(torch.bfloat16)
+            if setting == "fsdp":
+                model = shard(model)
+            opt = build(name, model)
+            if setting == "local":
+                opt.executor = LocalExecutor()
+            for t in range(STEPS):
+                opt.zero_grad()
+                x, y = batch(t)
+                nn.functional.cross_entropy(model(x.to(torch.bfloat16)).float(), y).backward()
+                if setting == "local":
+                    grads.append({n: p.grad.clone() for n, p in matrices(model)})
+                elif setting == "fsdp":  # FSDP2 reduces bf16 gradients in its own order: the local run's instead
+                    set_sharded_grads(model, grads[t])
+                opt.step()
+            runs[setting] = [full(p.detach()).float() for _, p in matrices(model)]
+        for setting in ("ddp", "fsdp"):
+            out[f"{name}/{setting}"] = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(runs[setting], runs["local"]))
+    return out
+
+
 def rank0_checkpoint(rank: int, world: int, path: str) -> dict:
     """The harness's checkpoints under DDP: rank 0 alone ``torch.save``s ``opt.state_dict()``,
     every rank loads it into a fresh optimizer and continues; equal to the uninterrupted run."""
@@ -417,6 +446,7 @@ def dcp_two_processes(rank: int, world: int, directory: str) -> dict:
 
 # --- one spawn per world size runs every scenario --------------------------------------------
 MATRIX_NAMES = list(OPTIMIZERS)
+FACTORED_NAMES = [n for n in MATRIX_NAMES if OPTIMIZERS[n][0] is steepest.Dion or OPTIMIZERS[n][1].get("mode") == "nuclear"]
 NEON_NAMES = [n for n in registered(matrix=True, peer=False) if registration(n).factory is steepest.Neon]  # its Krylov path, error feedback included
 
 
@@ -427,6 +457,7 @@ def scenarios(rank: int, world: int, checkpoint_path: str) -> dict:
         "fsdp_krylov": fsdp_parity(rank, world, NEON_NAMES, "in_place"),
         "none_gradient": none_gradient(rank, world),
         "every_layer_normed": every_layer_normed(rank, world),
+        "bf16_factors": bf16_factors(rank, world),
     }
     if world == 2:
         out["ddp_training"] = ddp_training(rank, world)
