@@ -19,4 +19,5 @@ python "$R/defaults.py" "$R" > "$R/defaults.md"
 steepest-bench plot "$R/transfer" --transfer --name claim7 --formats png
 steepest-bench plot "$R/transfer-modular" --transfer --name claim7-modular --formats png
 steepest-bench plot "$R/transfer-modular-pytorch-init" --transfer --name claim7-modular-pytorch-init --formats png
+steepest-bench plot "$R/transfer-modular-gpt" --transfer --name claim7-modular-gpt --formats png
 steepest-bench plot "$R/digits-mlp" --optimizers muon,dion,neon-nuclear,neon-nuclear-ef,neon-fstar,neon-fstar-ef --name lowrank --formats png

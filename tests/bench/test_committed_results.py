@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -56,3 +57,23 @@ def test_defaults_table_rebuilds_from_the_committed_sweeps():
     assert out == committed.read_text()
     for name in ("muon", "dion", "neon-nuclear", "neon-fstar"):
         assert f"## {name} (registered default" in out
+
+
+def test_modular_defaults_are_what_the_rule_chose():
+    """The registered rate and radii of ``modular`` and ``scion`` are the setting that
+    docs/results/defaults.md's radii tables pick (least worst share over the tasks)."""
+    import inspect
+
+    from steepest.optim.modular import Modular
+    from steepest.optim.registry import registration
+
+    text = (RESULTS / "defaults.md").read_text()
+    defaults = inspect.signature(Modular).parameters
+    for name in ("modular", "scion"):
+        table = text.split(f"## {name}: radii and rate")[1]
+        m = re.search(r"Least worst share: (\S+) at lr (\S+)\.", table)
+        assert m, f"no winner in {name}'s radii table"
+        radii = dict(kv.split("=") for kv in m.group(1).split(","))
+        assert math.isclose(registration(name).default_lr, float(m.group(2)), rel_tol=0.01)
+        for key, value in radii.items():
+            assert defaults[key].default == float(value), f"{name}: {key}"

@@ -16,6 +16,7 @@ from torch import nn
 import steepest
 from steepest import Modular, modular_init
 from steepest.directions.modular import l1_to_rms, rms_to_rms, sign_head
+from steepest.optim.modular import EMBED_RADIUS, HEAD_RADIUS, RADIUS
 
 F64 = torch.float64
 
@@ -74,7 +75,7 @@ def test_build_holds_every_parameter_once_with_its_role(name):
     assert opt.optimizers[0].param_groups[0]["weight_decay"] == (1.0 if name == "scion" else 0.0)
 
 
-def reference_directions(model, grads, radius=1.0, embed_radius=1.0, head_radius=2.0**10):
+def reference_directions(model, grads, radius=RADIUS, embed_radius=EMBED_RADIUS, head_radius=HEAD_RADIUS):
     """Each parameter's ρ·D from the atoms, by name (the roles written out by hand)."""
     out = {}
     for n, g in grads.items():
@@ -115,7 +116,7 @@ def test_momentum_is_scions_ema():
         p.grad = g
         opt.step()
         M = 0.9 * M + 0.1 * g
-        torch.testing.assert_close(p.detach(), before - 0.1 * rms_to_rms(M, method="svd"), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(p.detach(), before - 0.1 * RADIUS * rms_to_rms(M, method="svd"), rtol=1e-12, atol=1e-14)
 
 
 def test_scion_keeps_every_weight_in_its_ball():
@@ -266,5 +267,5 @@ def test_auto_role_keeps_biases_and_column_weights_apart():
     g = torch.tensor([3.0, -1.0, 0.5, 2.0, -2.0], dtype=F64)
     w.grad, b.grad = g.view(5, 1).clone(), g.clone()
     opt.step()
-    torch.testing.assert_close(w.detach().view(-1), -math.sqrt(5) * g / g.norm(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(w.detach().view(-1), -RADIUS * math.sqrt(5) * g / g.norm(), rtol=1e-12, atol=0)
     assert torch.equal(b.detach(), -torch.sign(g))

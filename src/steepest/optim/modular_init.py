@@ -10,10 +10,15 @@ from torch import Tensor, nn
 
 from ..validation import check_choice
 from .base import check_hyperparameter
-from .modular import EMBED_RADIUS, HEAD_RADIUS, RADIUS, ROLE_ATOMS, role_of_kind
+from .modular import ROLE_ATOMS, role_of_kind
 from .split import classify_parameters
 
 __all__ = ["modular_init"]
+
+# Scion's MLP setting (hidden and embedding 1, head 2^10): the optimizer's default radii (Scion's
+# nanoGPT setting, hidden 50) would start every hidden layer at RMS->RMS norm 50. Inside the
+# Frank-Wolfe balls of the default radii, so scion's weights stay in them.
+RADIUS, EMBED_RADIUS, HEAD_RADIUS = 1.0, 1.0, 2.0**10
 
 
 @torch.no_grad()
@@ -31,6 +36,8 @@ def modular_init(
     """Re-initialise ``model``'s trainable parameters in place so that each has norm ``ρ`` in its
     role's norm (the roles of :class:`~steepest.optim.modular.Modular`, from the same split; ``head``
     and ``inputs`` as :func:`steepest.build_optimizer`'s), as Scion's ``init()`` does; returns ``model``.
+    The default radii are Scion's MLP setting (1, 1, 2¹⁰), not the optimizer's (its nanoGPT
+    setting: a hidden layer would start at norm 50).
 
     * hidden and input matrices (the ``(out, in·kh·kw)`` view): orthogonal ``× √(m/n) × radius``
       (RMS→RMS norm ``radius``);
