@@ -37,14 +37,15 @@ def test_every_figure_in_the_results_doc_is_committed():
         assert any((RESULTS / task).glob("*/lr=*/seed=*/metrics.jsonl")), f"no committed runs for {task}"
 
 
-def test_transfer_table_rebuilds_from_the_committed_sweep(tmp_path):
-    """Claim 7's table (docs/results/transfer) regenerates from the committed runs."""
-    committed = RESULTS / "transfer"
-    table = committed / "claim7-digits-mlp-transfer.md"
+@pytest.mark.parametrize("folder,name,task", [("transfer", "claim7", "digits-mlp"), ("transfer-modular-gpt", "claim7-modular-gpt", "shakespeare-gpt")])
+def test_transfer_table_rebuilds_from_the_committed_sweep(tmp_path, folder, name, task):
+    """Claim 7's tables (docs/results/transfer, and the all-normed GPT rerun) regenerate from the committed runs."""
+    committed = RESULTS / folder
+    table = committed / f"{name}-{task}-transfer.md"
     assert table.is_file(), "run docs/results/regenerate.sh"
-    copy = tmp_path / "transfer"
+    copy = tmp_path / folder
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "*.svg", "*.pt", "claim7-*"))
-    assert main(["plot", str(copy), "--transfer", "--name", "claim7", "--formats", "png"]) == 0
+    assert main(["plot", str(copy), "--transfer", "--name", name, "--formats", "png"]) == 0
     assert (copy / table.name).read_text() == table.read_text()
 
 
