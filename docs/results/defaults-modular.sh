@@ -28,3 +28,19 @@ steepest-bench sweep --task digits-mlp --seeds 1 --threads 1 --out $R --quiet --
 C="--task shakespeare-gpt --seeds 1 --threads 1 --out $R --quiet --no-plots"
 steepest-bench sweep $C --optimizers "modular($MLP)" --lrs 0.0039
 steepest-bench sweep $C --optimizers "scion($MLP)" --lrs 0.000977,0.0039,0.0156
+# finetune/pydoc-gpt (the seed's fine-tuning setting, docs/results/finetune.sh): the nanoGPT radii
+# only (the registered setting; the radii were chosen on the three tasks above), 5 rates around 2^-12.
+# The checkpoint was regenerated with THREADS=2 (2026-12-04): its weights differ from the committed
+# record's (sha256 bf4059… against 4fa4c…), so these runs start from another pretrained model than
+# the other optimizers' fine-tuning runs (each run's config.json records which).
+bash $R/pretrain.sh
+INIT=$R/pretrain/shakespeare-gpt/adamw/lr=0.003/seed=0
+F="--task pydoc-gpt --init-from $INIT --threads 1 --out $R/finetune --quiet --no-plots"
+RATES=0.000061,0.000122,0.000244,0.000488,0.000977
+steepest-bench sweep $F --optimizers "modular($GPT)" --lrs $RATES &
+steepest-bench sweep $F --optimizers "scion($GPT)" --lrs $RATES &
+wait
+# both best at the grid's bottom: two rates further
+steepest-bench sweep $F --optimizers "modular($GPT)" --lrs 0.0000153,0.0000305 &
+steepest-bench sweep $F --optimizers "scion($GPT)" --lrs 0.0000153,0.0000305 &
+wait

@@ -491,8 +491,9 @@ _register(Task(
                 "--init-from a shakespeare-gpt --tokenizer byte run (200 steps: the seed's fine-tuning)",
     build_problem=_pydoc_problem, build_model=_gpt,
     steps=200, batch_size=32, eval_every=20,
-    # Untuned starting points (Shakespeare's from-scratch rates): sweep before comparing.
-    lrs=_lrs(sgd=0.3, adamw=3e-3, spectral=0.02, shampoo=1e-3, sign=3e-4), adamw_lr=3e-3,
+    # Untuned starting points (Shakespeare's from-scratch rates): sweep before comparing. modular,
+    # scion (default radii): fine-tuning sweeps 2^-16..2^-10 from the pretrained Shakespeare model, both best at 2^-14.
+    lrs=_lrs(sgd=0.3, adamw=3e-3, spectral=0.02, shampoo=1e-3, sign=3e-4, modular=2**-14, scion=2**-14), adamw_lr=3e-3,
     model_sizes=_GPT_SIZES, default_size="small", head=("lm_head.weight",),
     warmup_steps=20, cooldown_frac=0.4,
     optimizers=("adamw", "muon", "neon-nuclear", "neon-fstar", "dion"),
