@@ -201,7 +201,7 @@ class Neon(MatrixOptimizer):
         return float((group["iters"] + 1) * 4 * m * n * width + (m + n) * width**2)
 
     def direction_state(self, group: dict, bucket: Bucket) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        dtype = torch.float64 if bucket.params[0].dtype == torch.float64 else torch.float32
+        dtype = _precision(bucket.params[0])
         layout = {"basis": ((bucket.shape[1], self.block_width(group, bucket)), dtype)}
         if group["mode"] == "fstar":
             layout["rank"] = ((), torch.int64)
@@ -217,7 +217,7 @@ class Neon(MatrixOptimizer):
         (its rank, and so its factors' width, is known only after the step)."""
         if group["mode"] != "nuclear":
             return None
-        return 1, torch.float64 if bucket.params[0].dtype == torch.float64 else torch.float32
+        return 1, _precision(bucket.params[0])
 
     @staticmethod
     def _one_at_a_time(group: dict, bucket: Bucket) -> bool:
